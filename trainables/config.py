@@ -1,0 +1,145 @@
+"""The configuration of one trial, with every default in one place.
+
+A trial's config is a plain nested dict (what Ray passes around); `TrialConfig` validates it and fills the
+defaults. The study config (`tune/config.py`) extends this model, so a study YAML and an exported
+`config.yaml` share the same keys and defaults.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["mask", "gender", "age", "all", "multi"]
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad config, missing data, corrupted image): one line, exit code 2."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    root: str = Field("", description="folder holding train.csv and images/ (the competition's train/)")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of persons held out")
+    split_seed: int = 0
+    age_bounds: tuple[int, int] = Field((30, 60), description="age band bounds: < a, a <= age < b, >= b")
+    one_image_per_person: bool = Field(False, description="train on one random image per person per epoch")
+    max_persons: int | None = Field(None, gt=0, description="use only the first N persons (quick runs)")
+
+    @field_validator("age_bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"age_bounds must be two increasing positive ages, got {list(v)}")
+        return v
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet18"
+    pretrained: bool = Field(False, description="timm's pretrained weights from the Hugging Face hub")
+    pretrained_file: str | None = Field(None, description="a local weights file (offline clusters)")
+    image_size: int = Field(224, ge=16, le=1024)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    channels_last: bool = Field(True, description="channels_last memory format on a GPU")
+    compile: bool = Field(False, description="torch.compile the model (slow start, faster steps)")
+
+
+# Augmentation presets: the values a preset gives the fields left unset.
+AUGMENT_PRESETS: dict[str, dict[str, float]] = {
+    "none": dict(hflip=0.0, crop_scale=1.0, color_jitter=0.0, grayscale=0.0, sharpen=0.0, grid_dropout=0.0),
+    "light": dict(hflip=0.5, crop_scale=0.85, color_jitter=0.1, grayscale=0.0, sharpen=0.0, grid_dropout=0.0),
+    "medium": dict(hflip=0.5, crop_scale=0.7, color_jitter=0.2, grayscale=0.1, sharpen=0.1, grid_dropout=0.1),
+    "heavy": dict(hflip=0.5, crop_scale=0.5, color_jitter=0.3, grayscale=0.2, sharpen=0.2, grid_dropout=0.3),
+}
+
+
+class AugmentConfig(Strict):
+    preset: Literal["none", "light", "medium", "heavy"] = "light"
+    center_crop: tuple[int, int] | None = Field(
+        (384, 320), description="[height, width] cut from the middle of the photo before resizing; null: none"
+    )
+    hflip: float | None = Field(None, ge=0.0, le=1.0, description="probability of a horizontal flip")
+    crop_scale: float | None = Field(None, gt=0.0, le=1.0, description="random resized crop min area; 1: off")
+    color_jitter: float | None = Field(None, ge=0.0, le=1.0, description="brightness/contrast/saturation")
+    grayscale: float | None = Field(None, ge=0.0, le=1.0, description="probability")
+    sharpen: float | None = Field(None, ge=0.0, le=1.0, description="probability")
+    grid_dropout: float | None = Field(None, ge=0.0, le=1.0, description="probability")
+
+    @model_validator(mode="after")
+    def _fill_from_preset(self) -> AugmentConfig:
+        for key, value in AUGMENT_PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        return self
+
+
+class LossConfig(Strict):
+    name: Literal["cross_entropy", "focal", "f1"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross_entropy and focal")
+    gamma: float = Field(2.0, ge=0.0, description="focal")
+    class_weights: Literal["none", "balanced"] = "none"
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw", "sam"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd, and sam over sgd")
+    nesterov: bool = Field(False, description="sgd, and sam over sgd")
+    rho: float = Field(0.05, gt=0.0, description="sam: radius of the ascent step")
+    base: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sam: the optimizer it wraps")
+
+
+class ScheduleConfig(Strict):
+    name: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_epochs: int = Field(3, gt=0, description="step: epochs between decays")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int | None = Field(None, ge=0, description="loader workers; default: the trial's CPUs - 1")
+    keep_checkpoints: int = Field(2, gt=0, description="best checkpoints kept per trial")
+
+
+class TrialConfig(Strict):
+    task: Task = "all"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_as_path(cls, v: object) -> object:
+        return {"root": v} if isinstance(v, str) else v
+
+
+TRIAL_SECTIONS = tuple(TrialConfig.model_fields)
+
+
+def set_dotted(tree: dict, path: str, value: object) -> None:
+    """Set tree["a"]["b"] = value for path "a.b", creating the dicts on the way."""
+    *parents, leaf = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def resolve_trial(base: dict, sampled: dict[str, object]) -> TrialConfig:
+    """The trial's config: the study's fixed values with the sampled ones (dotted keys) set on top."""
+    tree = copy.deepcopy(base)
+    for path, value in sampled.items():
+        set_dotted(tree, path, value)
+    return TrialConfig.model_validate(tree)

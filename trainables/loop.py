@@ -1,0 +1,74 @@
+"""One epoch of training and a pass of prediction: plain functions, no Ray, no MLflow."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainables.optim import SAM
+from trainables.transforms import normalize
+
+
+class Device:
+    """Where a trial runs and how: bf16 autocast and channels_last on a GPU, fp32 on the CPU."""
+
+    def __init__(self, name: str, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = True):
+        self.device = torch.device(name)
+        self.cuda = self.device.type == "cuda"
+        self.channels_last = channels_last and self.cuda
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device) -> tuple[float, int]:
+    """Train for one pass over the loader; returns (mean loss, steps taken). Raises on a NaN or infinite loss."""
+    model.train()
+    total, steps = 0.0, 0
+    for images, labels in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_of_step(first_step + steps)
+        x, y = dev.batch(images), labels.to(dev.device, non_blocking=True)
+        with dev.autocast():
+            loss = loss_fn(model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {first_step + steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if sam is None:
+            optimizer.step()
+        else:  # SAM: a second forward/backward at the worst-case weights nearby
+            sam.ascend()
+            optimizer.zero_grad(set_to_none=True)
+            with dev.autocast():
+                loss_fn(model(x), y).backward()
+            sam.descend()
+        total += loss.item()
+        steps += 1
+    return total / max(steps, 1), steps
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Module | None = None
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits (float32) and labels of every sample in loader order, and the mean loss when loss_fn is given."""
+    model.eval()
+    outputs, labels, loss_sum = [], [], 0.0
+    for images, y in loader:
+        with dev.autocast():
+            logits = model(dev.batch(images)).float()
+        if loss_fn is not None:
+            loss_sum += loss_fn(logits, y.to(dev.device)).item() * len(y)
+        outputs.append(logits.cpu().numpy())
+        labels.append(y.numpy())
+    n = sum(len(y) for y in labels)
+    return np.concatenate(outputs), np.concatenate(labels), loss_sum / max(n, 1)

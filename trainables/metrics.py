@@ -1,0 +1,57 @@
+"""Validation metrics from a model's outputs: macro F1 (the competition's score), accuracy, confusion matrix.
+
+For `all` and `multi` the 18-class prediction is also split into (or composed from) mask, gender and age,
+so every task reports the same per-task scores.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score
+
+from trainables.data import HEADS
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
+def compose18(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
+    return 6 * mask + 3 * gender + age
+
+
+def decompose18(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return label // 6, (label // 3) % 2, label % 3
+
+
+def predictions(task: str, logits: np.ndarray) -> np.ndarray:
+    """Predicted class ids; for multi the composed 18-class id (argmax of each head)."""
+    if task != "multi":
+        return logits.argmax(axis=1)
+    parts = np.split(logits, np.cumsum(list(HEADS.values()))[:-1], axis=1)
+    return compose18(*(p.argmax(axis=1) for p in parts))
+
+
+def score(task: str, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """val_f1, val_acc, the per-task F1 of the 18-class tasks, and the confusion matrix of the task's classes."""
+    pred = predictions(task, logits)
+    true = compose18(*labels.T) if task == "multi" else labels
+    n = 18 if task in ("all", "multi") else logits.shape[1]
+    out = {"val_f1": macro_f1(true, pred, n), "val_acc": float((pred == true).mean())}
+    if n == 18:
+        out["val_f1_18"] = out["val_f1"]
+        for name, t, p in zip(HEADS, decompose18(true), decompose18(pred), strict=True):
+            out[f"val_f1_{name}"] = macro_f1(t, p, HEADS[name])
+    out["confusion"] = confusion_matrix(true, pred, labels=list(range(n))).tolist()
+    return out
+
+
+def per_class_report(confusion: list[list[int]], names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of each class, from a confusion matrix (rows: true, columns: predicted)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return [{"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+             "support": int(s)} for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)]

@@ -1,0 +1,122 @@
+"""One training run from a `TrialConfig`: data, model, optimizer, then one epoch at a time.
+
+`Trial` knows nothing of Ray or MLflow: `trainable.py` drives it inside a Ray Tune trial, and the export
+reloads what `save` wrote. A checkpoint folder holds
+
+    model.safetensors   the weights (no pickle)
+    trainer.pt          optimizer state and step count (tensors only; loaded with weights_only)
+    config.json         the trial's full resolved config
+    metrics.json        the metrics of the epoch it was taken after
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from trainables import data, metrics
+from trainables.config import TrialConfig, UserError
+from trainables.loader import PhotoDataset, eval_loader, train_loader
+from trainables.loop import Device, predict, train_epoch
+from trainables.losses import TaskLoss
+from trainables.models import build_model, normalization
+from trainables.optim import lr_at, make_optimizer
+from trainables.transforms import train_transform
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda asked for, but no CUDA GPU is visible")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+class Trial:
+    """A model being trained on the person split of `cfg.data`, one `run_epoch()` at a time."""
+
+    def __init__(self, cfg: TrialConfig, cpus: int = 1, progress: bool = False):
+        self.cfg = cfg
+        seed_everything(cfg.train.seed)
+        device = pick_device(cfg.train.device)
+        if device == "cpu":
+            torch.set_num_threads(max(1, cpus))
+        workers = cfg.train.num_workers if cfg.train.num_workers is not None else max(0, cpus - 1)
+
+        table = data.read_table(cfg.data.root, cfg.data.max_persons)
+        self.train_persons, self.val_persons = data.split_persons(table, cfg.data)
+        size, crop = cfg.model.image_size, cfg.augment.center_crop
+        images = data.load_images(table["file"].tolist(), size, crop, workers=max(1, cpus), progress=progress)
+        labels = data.targets(table, cfg.task, cfg.data.age_bounds)
+        is_train = table["person"].isin(self.train_persons).to_numpy()
+        self.train_labels = labels[is_train]
+        self.val_table = table[~is_train].reset_index(drop=True)
+
+        self.model = build_model(cfg.model, data.num_outputs(cfg.task))
+        self.dev = Device(device, *normalization(self.model), channels_last=cfg.model.channels_last)
+        self.model.to(self.dev.device)
+        if self.dev.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.model.compile else self.model
+        heads = list(data.HEADS.values()) if cfg.task == "multi" else [data.num_outputs(cfg.task)]
+        self.loss_fn = TaskLoss(cfg.loss, heads, self.train_labels).to(self.dev.device)
+        self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model.parameters())
+
+        pin = self.dev.cuda
+        augment = train_transform(cfg.augment, size, cfg.train.seed)
+        train_set = PhotoDataset(images[is_train], self.train_labels, augment)
+        persons = table["person"].to_numpy()[is_train] if cfg.data.one_image_per_person else None
+        self.train_loader = train_loader(train_set, cfg.train.batch_size, cfg.train.seed, workers, persons, pin)
+        self.val_loader = eval_loader(PhotoDataset(images[~is_train], labels[~is_train]), cfg.train.batch_size,
+                                      workers, pin)
+        self.epoch, self.step = 0, 0
+
+    def lr(self, step: int) -> float:
+        cfg = self.cfg
+        return lr_at(cfg.schedule, cfg.optimizer.lr, step, len(self.train_loader), cfg.train.epochs)
+
+    def run_epoch(self) -> dict:
+        """Train one epoch, then score the validation persons. Returns this epoch's metrics."""
+        start = time.perf_counter()
+        seed = self.cfg.train.seed * 10_000 + self.epoch  # each epoch's randomness depends on its number alone
+        self.train_loader.generator.manual_seed(seed)
+        self.train_loader.dataset.transform.set_random_seed(seed)
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(self.epoch)
+        lr = self.lr(self.step)
+        train_loss, steps = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam,
+                                        self.lr, self.step, self.dev)
+        self.step += steps
+        self.epoch += 1
+        result = self.evaluate()
+        result.update(epoch=self.epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - start)
+        return result
+
+    def evaluate(self) -> dict:
+        """val_f1 (and the other scores) and val_loss on the validation persons."""
+        logits, labels, val_loss = predict(self.forward, self.val_loader, self.dev, self.loss_fn)
+        return {**metrics.score(self.cfg.task, logits, labels), "val_loss": val_loss}
+
+    def save(self, folder: str | Path, result: dict) -> None:
+        folder = Path(folder)
+        save_model(self.model, str(folder / "model.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step},
+                   folder / "trainer.pt")
+        (folder / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=1))
+        (folder / "metrics.json").write_text(json.dumps(result, indent=1))
+
+    def load(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        load_model(self.model, str(folder / "model.safetensors"), device=str(self.dev.device))
+        state = torch.load(folder / "trainer.pt", map_location=self.dev.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]

@@ -1,0 +1,1 @@
+"""The driver of the search service: command line, study config, search space, Ray Tune, MLflow, export."""

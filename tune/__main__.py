@@ -1,0 +1,5 @@
+import sys
+
+from tune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""The `tune` command: run a study, export its best model, review it in MLflow, make and check data.
+
+Ray installs a `tune` script of its own; this one replaces it and passes Ray's subcommands (ls, lsx,
+list-trials, list-experiments, add-note) through to Ray's command line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from trainables.config import UserError
+
+RAY_COMMANDS = ("ls", "lsx", "list-trials", "list-experiments", "add-note")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in RAY_COMMANDS:
+        from ray.tune.cli.scripts import cli
+
+        return cli.main(args=argv, prog_name="tune", standalone_mode=False) or 0
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune", description="Hyperparameter search for the mask/gender/age "
+                                "competition: Ray Tune + Optuna + ASHA, tracked in MLflow. Ray's own "
+                                f"subcommands work too: {', '.join(RAY_COMMANDS)}.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or --resume) a study")
+    run.add_argument("space", help="the study's YAML file, e.g. search_spaces/age.yaml")
+    run.add_argument("--data", help="the competition's train/ folder (overrides data.root)")
+    run.add_argument("--name", help="the study's name (default: the YAML's name, else its file name)")
+    run.add_argument("--num-samples", type=int, help="trials to run (search.num_samples)")
+    run.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
+    run.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial; 0.25 = four trials per GPU")
+    run.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
+    run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any key of the YAML by its dotted path, e.g. train.epochs=3 (repeatable)")
+    run.add_argument("--resume", action="store_true", help="continue the interrupted study of the same name")
+    run.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="export the best trial of a study")
+    export.add_argument("study")
+    export.add_argument("--out", help="folder to write (default: exports/STUDY)")
+    export.add_argument("--metric", default="val_f1", help="the metric the best epoch is chosen by")
+    export.add_argument("--mode", default="max", choices=["max", "min"])
+    export.add_argument("--tracking-uri")
+    export.set_defaults(func=cmd_export)
+
+    ui = sub.add_parser("ui", help="the MLflow UI over the project's store, on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri")
+    ui.set_defaults(func=cmd_ui)
+
+    data = sub.add_parser("data", help="make the demo data set, or check a data set")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    demo = data_sub.add_parser("demo", help="write the built-in synthetic demo data set")
+    demo.add_argument("dir")
+    demo.add_argument("--persons", type=int, default=240)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_data_demo)
+    check = data_sub.add_parser("check", help="validate a data set in the competition layout")
+    check.add_argument("dir")
+    check.set_defaults(func=cmd_data_check)
+    return p
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    from tune.config import parse_value
+
+    out = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
+             "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
+             "search.max_concurrent": args.max_concurrent}
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tune import study as studies
+    from tune.config import load_study
+    from tune.tracking import tracking_uri
+
+    study = load_study(args.space, overrides(args))
+    nodes = studies.check_study(study, args.space, cluster=bool(args.address))
+    results = studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address)
+    return summarize(results, study)
+
+
+def summarize(results, study) -> int:
+    """Print how the trials ended and the best one; exit code 1 when no trial produced a result."""
+    metric = study.search.metric
+    failed = len(results.errors)
+    print(f"\nstudy {study.name}: {len(results)} trials, {failed} failed")
+    try:
+        best = results.get_best_result(metric, study.mode, scope="all")
+    except RuntimeError:
+        print("no trial reported a result")
+        return 1
+    history = best.metrics_dataframe
+    row = history.loc[history[metric].idxmax() if study.mode == "max" else history[metric].idxmin()]
+    print(f"best trial {best.metrics['trial_id']}: {metric} {row[metric]:.4f} at epoch {int(row['epoch'])}")
+    for key, value in sorted(best.config.items()):
+        print(f"  {key} = {value}")
+    print(f"export it with: tune export {study.name}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tune.export import export_study
+    from tune.tracking import tracking_uri
+
+    out = Path(args.out or Path("exports") / args.study)
+    metrics = export_study(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode)
+    print(f"exported {args.study} (epoch {metrics.get('epoch')}, {args.metric} {metrics[args.metric]:.4f}) to {out}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tune.tracking import artifact_root, tracking_uri
+
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(args.tracking_uri),
+               "--default-artifact-root", artifact_root(), "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port}")
+    os.execv(sys.executable, command)
+    return 0
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    from tune.demo_data import write_demo
+
+    try:
+        n = write_demo(args.dir, persons=args.persons, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {n} synthetic persons ({7 * n} images) to {args.dir}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from tune.data_check import check_data
+
+    return 2 if check_data(args.dir) else 0

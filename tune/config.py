@@ -1,0 +1,125 @@
+"""A study: its YAML file, validated into `StudyConfig` with every default filled in.
+
+A study file holds the trial's fixed values (the sections of `TrialConfig`: task, data, model, augment,
+loss, optimizer, schedule, train), the search space over them (`space`, see `tune/space.py`), and how to
+search (`search`, `scheduler`, `resources`). Mistakes end in `UserError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from trainables.config import TRIAL_SECTIONS, Strict, TrialConfig, UserError, set_dotted
+
+
+class SearchConfig(Strict):
+    algorithm: Literal["tpe", "random", "cmaes"] = "tpe"
+    seed: int = 0
+    num_samples: int = Field(8, gt=0, description="trials to run")
+    max_concurrent: int | None = Field(None, gt=0, description="trials at once; default: as resources allow")
+    time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this")
+    metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"
+
+
+class SchedulerConfig(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    max_t: int | None = Field(None, gt=0, description="epochs a trial may reach; default: train.epochs")
+    grace_period: int = Field(1, gt=0, description="epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class ResourcesConfig(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractions share a GPU: 0.25 = four trials per GPU")
+
+
+class StudyConfig(TrialConfig):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    space: dict[str, Any] = Field(default_factory=dict, description="dotted trial key -> distribution")
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _max_t_within_epochs(self) -> StudyConfig:
+        if self.scheduler.max_t is None:
+            self.scheduler.max_t = self.train.epochs
+        elif self.scheduler.max_t > self.train.epochs:
+            raise ValueError(f"scheduler.max_t ({self.scheduler.max_t}) exceeds train.epochs ({self.train.epochs})")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.search.metric == "val_loss" else "max"
+
+    def trial_base(self) -> dict:
+        """The trial's fixed values as the user wrote them (unset keys keep the trial's defaults and presets)."""
+        return self.model_dump(mode="json", include=set(TRIAL_SECTIONS), exclude_unset=True) | {
+            "data": self.data.model_dump(mode="json", exclude_unset=True) | {"root": self.data.root}}
+
+    def trial_defaults(self) -> TrialConfig:
+        """The trial config with nothing sampled."""
+        return TrialConfig.model_validate(self.trial_base())
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as YAML reads it: 3 is an int, 1e-3 a float, true a bool, [1, 2] a list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read, override (dotted keys) and validate a study file. Relative data paths become absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a study file is a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    if isinstance(raw.get("data"), str):
+        raw["data"] = {"root": raw["data"]}
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{path}: {explain(e, raw)}") from None
+    if study.data.root:
+        study.data.root = str(Path(study.data.root).expanduser().resolve())
+    return study
+
+
+def explain(error: ValidationError, raw: dict) -> str:
+    """The first validation error as one line: the dotted key, what is wrong, and the nearest valid key."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        near = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"; did you mean {'.'.join(loc[:-1] + near)}?" if near else f"; valid keys here: {', '.join(valid)}"
+        return f"unknown key {key}{hint}"
+    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: Any = StudyConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not hasattr(field.annotation, "model_fields"):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

@@ -1,0 +1,114 @@
+"""Export the best trial of a study: weights, resolved config, metrics and class map, logged to MLflow.
+
+The best trial is the one whose best epoch (not its last) scores highest on the study's metric; each trial
+keeps its best checkpoints, so that epoch's weights are on disk. An export folder holds
+
+    model.safetensors   weights only (no pickle)
+    config.yaml         the trial's full resolved config (seed and data split included)
+    metrics.json        the metrics of that epoch
+    classes.json        the task, its class names and the model's output heads
+    split.json          the train and validation persons of the split
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow import MlflowClient
+from safetensors.torch import load_model
+
+from trainables import data
+from trainables.config import TrialConfig, UserError
+from trainables.models import build_model
+from trainables.trial import Trial
+from tune import tracking
+from tune.study import study_path
+
+
+def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
+    """The checkpoint folder of the study's best epoch over all trials, and its metrics."""
+    folder = study_path(study)
+    if not folder.is_dir():
+        raise UserError(f"no study named {study!r} in {folder.parent}")
+    scored = []
+    for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        if metrics.get(metric) is not None:
+            scored.append((metrics[metric], metrics_file.parent, metrics))
+    if not scored:
+        raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
+    scored.sort(key=lambda s: s[0], reverse=mode == "max")
+    return scored[0][1], scored[0][2]
+
+
+def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max") -> dict:
+    """Write the export of the study's best trial to `out`, log it to MLflow and register it. Returns its metrics."""
+    checkpoint, metrics = best_checkpoint(study, metric, mode)
+    config = TrialConfig.model_validate_json((checkpoint / "config.json").read_text())
+    trial_id = metrics.get("ray_trial_id", "")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint / "model.safetensors", out / "model.safetensors")
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    (out / "metrics.json").write_text(json.dumps({**metrics, "study": study, "checkpoint": str(checkpoint)}, indent=1))
+    heads = dict(data.HEADS) if config.task == "multi" else {config.task: data.num_outputs(config.task)}
+    classes = {"task": config.task, "classes": data.class_names(config.task, config.data.age_bounds),
+               "heads": heads, "age_bounds": list(config.data.age_bounds)}
+    (out / "classes.json").write_text(json.dumps(classes, indent=1))
+    table = data.read_table(config.data.root, config.data.max_persons)
+    train, val = data.split_persons(table, config.data)
+    (out / "split.json").write_text(json.dumps({"train": train, "val": val}))
+    log_export(study, out, config, uri, trial_id)
+    return metrics
+
+
+def export_config(folder: str | Path, data_root: str | None = None) -> TrialConfig:
+    """An export's config, its weights coming from model.safetensors (no hub, no weights file)."""
+    folder = Path(folder)
+    if not (folder / "config.yaml").is_file() or not (folder / "model.safetensors").is_file():
+        raise UserError(f"{folder} is not an export (needs config.yaml and model.safetensors)")
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["model"].update(pretrained=False, pretrained_file=None)
+    if data_root:
+        raw["data"]["root"] = str(Path(data_root).resolve())
+    return TrialConfig.model_validate(raw)
+
+
+def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
+    """The config and the model of an export (on the CPU, in eval mode)."""
+    config = export_config(folder)
+    model = build_model(config.model, data.num_outputs(config.task))
+    load_model(model, str(Path(folder) / "model.safetensors"))
+    return config, model.eval()
+
+
+def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
+    """Score an export on the validation persons of its own split: the metrics its study reported."""
+    trial = Trial(export_config(folder, data_root))
+    load_model(trial.model, str(Path(folder) / "model.safetensors"))
+    return trial.evaluate()
+
+
+def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: str) -> None:
+    """Attach the export to the best trial's MLflow run and register the model under the study's name."""
+    client = MlflowClient(uri)
+    parent = tracking.find_study_run(client, study)
+    run_id = parent
+    if parent is not None:
+        experiment = client.get_run(parent).info.experiment_id
+        found = client.search_runs([experiment], f"tags.`ray.trial_id` = '{trial_id}'", max_results=1)
+        run_id = found[0].info.run_id if found else parent
+    if run_id is None:
+        print(f"note: study {study!r} has no MLflow run in {uri}; the export is not logged there")
+        return
+    client.log_artifacts(run_id, str(out), "export")
+    _, model = load_export(out)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        example = np.zeros((2, 3, config.model.image_size, config.model.image_size), np.float32)
+        mlflow.pytorch.log_model(model, name="model", registered_model_name=study, input_example=example)
+    client.set_tag(parent, "tune.exported_trial_id", trial_id)

@@ -1,0 +1,201 @@
+"""MLflow tracking of a study: one experiment per study name, one parent run per study, one child run per trial.
+
+The store defaults to `sqlite:///mlruns/mlflow.db` with artifacts in `mlruns/artifacts`. Only the driver
+writes to it (through `StudyTracker`, a Ray Tune callback), so trials never contend for the SQLite file.
+Ray's own MLflow callback does not nest runs; this one does, through the `mlflow.parentRunId` tag.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from ray import tune
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from trainables.config import resolve_trial
+from trainables.data import class_names
+from trainables.metrics import per_class_report
+
+STORE = Path("mlruns")
+METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
+           "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age")
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's SQLite store (absolute)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    STORE.mkdir(exist_ok=True)
+    return f"sqlite:///{(STORE / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> str:
+    return str((STORE / "artifacts").resolve())
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
+
+
+def find_study_run(client: MlflowClient, name: str) -> str | None:
+    """The parent run of the study `name`, if it was started before."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'study'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def start_study_run(client: MlflowClient, name: str, resolved_yaml: str, space_lines: list[str],
+                    settings: dict) -> str:
+    """Create the study's parent run with the resolved YAML, the space and the searcher/scheduler settings."""
+    run = client.create_run(experiment_id(client, name), run_name=name, tags={"tune.role": "study"})
+    run_id = run.info.run_id
+    client.log_text(run_id, resolved_yaml, "study.yaml")
+    client.log_text(run_id, "\n".join(space_lines) + "\n", "search_space.txt")
+    log_params(client, run_id, flatten(settings))
+    return run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+class StudyTracker(tune.Callback):
+    """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics."""
+
+    def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str):
+        self.uri, self.study, self.parent = uri, study, parent_run_id
+        self.base, self.epochs, self.metric, self.mode = base, epochs, metric, mode
+        self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self.best: dict[str, dict] = {}  # Ray trial id -> its best result so far
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state; the client stays behind
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _run_of(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            found = self.client.search_runs(
+                [self.client.get_run(self.parent).info.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`ray.trial_id` = '{trial.trial_id}'")
+            if found:
+                self.runs[trial.trial_id] = found[0].info.run_id
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
+            else:
+                self.runs[trial.trial_id] = self._start_child(trial)
+        return self.runs[trial.trial_id]
+
+    def _start_child(self, trial) -> str:
+        experiment = self.client.get_run(self.parent).info.experiment_id
+        tags = {"mlflow.parentRunId": self.parent, "ray.trial_id": trial.trial_id, "tune.role": "trial"}
+        run_id = self.client.create_run(experiment, run_name=f"{self.study}_{trial.trial_id}", tags=tags).info.run_id
+        config = resolve_trial(self.base, trial.config)
+        log_params(self.client, run_id, flatten(config.model_dump(mode="json")))
+        self.client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_of(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_of(trial)
+        step, now = int(result["epoch"]), int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), now, step) for k in METRICS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        best = self.best.get(trial.trial_id)
+        value = result[self.metric]
+        if best is None or (value > best[self.metric] if self.mode == "max" else value < best[self.metric]):
+            self.best[trial.trial_id] = {k: result[k] for k in (*METRICS, "epoch", "confusion") if k in result}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_of(trial)
+        last = (trial.last_result or {}).get("epoch", 0)
+        outcome = "finished" if last >= self.epochs else "stopped_early"
+        self._log_best(trial, run_id)
+        self.client.set_tag(run_id, "tune.outcome", outcome)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_of(trial)
+        self._log_best(trial, run_id)
+        error = trial.get_error()
+        self.client.set_tag(run_id, "tune.outcome", "failed")
+        if error is not None:
+            self.client.log_text(run_id, str(error), "error.txt")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _log_best(self, trial, run_id: str) -> None:
+        """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
+        best = self.best.get(trial.trial_id)
+        if best is None:
+            return
+        config = resolve_trial(self.base, trial.config)
+        names = class_names(config.task, config.data.age_bounds)
+        confusion = json.loads(best.pop("confusion"))
+        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
+                                               for k, v in best.items()])
+        self.client.log_table(run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
+        self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
+                               "confusion_matrix.png")
+        plt.close("all")
+
+    def on_experiment_end(self, trials, **info):
+        rows = []
+        for trial in trials:
+            best = self.best.get(trial.trial_id, {})
+            outcome = "failed" if trial.status == "ERROR" else (
+                "finished" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped_early")
+            rows.append({"trial_id": trial.trial_id, "outcome": outcome, "epochs": (trial.last_result or {}).get("epoch", 0),
+                         f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
+                         "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
+        table = pd.DataFrame(rows)
+        if len(table):
+            self.client.log_table(self.parent, table, "trials.json")
+        scored = table.dropna(subset=[f"best_{self.metric}"]) if len(table) else table
+        if len(scored):
+            best_row = scored.sort_values(f"best_{self.metric}", ascending=self.mode == "min").iloc[0]
+            self.client.set_tag(self.parent, "tune.best_trial_id", best_row["trial_id"])
+            self.client.log_metric(self.parent, f"best_{self.metric}", float(best_row[f"best_{self.metric}"]))
+        self.client.set_terminated(self.parent, "FINISHED")
+
+
+def confusion_figure(confusion: list[list[int]], names: list[str], title: str):
+    size = 4 + 0.35 * len(names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(pd.DataFrame(confusion).to_numpy(), display_labels=names).plot(
+        ax=ax, colorbar=False, xticks_rotation=90, values_format="d")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
