@@ -83,7 +83,7 @@ def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the broken part starts
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(raw, dict):
@@ -109,7 +109,7 @@ def explain(error: ValidationError, raw: dict) -> str:
     key = ".".join(loc)
     if first["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
-        near = difflib.get_close_matches(loc[-1], valid, n=1)
+        near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"; did you mean {'.'.join(loc[:-1] + near)}?" if near else f"; valid keys here: {', '.join(valid)}"
         return f"unknown key {key}{hint}"
     return f"{key}: {first['msg']} (got {first.get('input')!r})"

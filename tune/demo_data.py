@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -51,16 +52,18 @@ def _person(seed: int, idx: int) -> dict:
     t = float(np.clip((age - 18) / 62 + rng.normal(0, 0.06), 0, 1))
     dark = np.array([35, 25, 18]) * rng.uniform(0.6, 1.6) + rng.integers(0, 20, 3)
     grey, white = np.full(3, 150.0), np.full(3, 238.0)
-    hair = dark + (grey - dark) * np.clip((t - 0.15) / 0.45, 0, 1) + (white - grey) * np.clip((t - 0.6) / 0.4, 0, 1)
+    hair = dark + (grey - dark) * np.clip((t - 0.15) / 0.45, 0, 1)
+    hair += (white - grey) * np.clip((t - 0.6) / 0.4, 0, 1)
     skin = np.array([225, 180, 150]) * rng.uniform(0.45, 1.08) + rng.integers(-10, 10, 3)
     colours = rng.permutation(len(PALETTE))
     return {
         "rng": rng, "age": age, "gender": "female" if rng.random() < 0.5 else "male",
-        "hair": tuple(int(c) for c in np.clip(hair, 0, 255)), "skin": tuple(int(c) for c in np.clip(skin, 0, 255)),
+        "hair": _rgb(hair), "skin": _rgb(skin),
         "wrinkles": int(np.clip(round((age - 42) / 11 + rng.normal(0, 0.5)), 0, 3)),
-        "shirt": tuple(int(c) for c in rng.integers(0, 256, 3)), "head": rng.uniform([0.9, 0.94], [1.1, 1.06]),
-        "hair_len": rng.uniform(1.2, 1.9), "hair_w": rng.uniform(1.4, 1.65), "hair_top": rng.uniform(1.06, 1.2),
-        "masks": [(PALETTE[c], s) for c, s in zip(colours[:5], rng.permutation(SHAPES))],
+        "shirt": _rgb(rng.integers(0, 256, 3)), "head": rng.uniform([0.9, 0.94], [1.1, 1.06]),
+        "hair_len": rng.uniform(1.2, 1.9), "hair_w": rng.uniform(1.4, 1.65),
+        "hair_top": rng.uniform(1.06, 1.2),
+        "masks": [(PALETTE[c], s) for c, s in zip(colours[:5], rng.permutation(SHAPES), strict=True)],
         "bad_mask": (PALETTE[colours[5]], str(rng.choice(SHAPES))), "bg": _background(rng),
     }
 
@@ -75,15 +78,21 @@ def _background(rng: np.random.Generator) -> Image.Image:
     for _ in range(int(rng.integers(0, 4))):
         x, y = rng.integers(0, W), rng.integers(0, H)
         w, h = rng.integers(30, 160, 2)
-        draw.rectangle((int(x), int(y), int(x + w), int(y + h)), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw.rectangle((int(x), int(y), int(x + w), int(y + h)), fill=_rgb(rng.integers(0, 256, 3)))
     return img
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (int(c) for c in np.clip(values, 0, 255))
+    return r, g, b
 
 
 def _shade(colour: tuple, k: float) -> tuple:
     return tuple(int(min(255, c * k)) for c in colour)
 
 
-def _draw_mask(d: ImageDraw.ImageDraw, p, colour: tuple, shape: str, top: float, bottom: float, lw: int) -> None:
+def _draw_mask(d: ImageDraw.ImageDraw, p: Callable, colour: tuple, shape: str, top: float, bottom: float,
+               lw: int) -> None:
     """Draws one mask between normalised heights top..bottom plus ear straps."""
     for s in (-1, 1):
         d.line([p(s * 0.8, top + 0.1), p(s * 1.0, -0.05)], fill=_shade(colour, 0.7), width=lw)

@@ -157,7 +157,7 @@ def _field_at(path: str, where: str) -> Any:
     for i, part in enumerate(parts):
         fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
         if part not in fields:
-            near = difflib.get_close_matches(part, list(fields), n=1)
+            near = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
             prefix = ".".join(parts[:i])
             hint = f"; did you mean {'.'.join(filter(None, [prefix, near[0]]))}?" if near else ""
             raise UserError(f"{where}: space: unknown key {path}{hint}")

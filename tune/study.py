@@ -33,10 +33,7 @@ def study_path(name: str) -> Path:
 def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
     """Validate what a study needs before it starts; returns the parsed space. Raises UserError."""
     nodes = space.parse_space(study.space, study.trial_base(), where)
-    trial = study.trial_defaults()
-    backbones = {trial.model.backbone} | {v for n in _params(nodes) if n.path == "model.backbone" for v in n.values}
-    for name in sorted(backbones):
-        check_backbone(trial.model.model_copy(update={"backbone": name}))
+    check_backbones(study, nodes)
     if not study.data.root:
         raise UserError(f"{where}: no data folder: set data: in the file or pass --data DIR")
     table = data.read_table(study.data.root, study.data.max_persons)
@@ -52,6 +49,14 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
     if study.resources.cpus_per_trial > (os.cpu_count() or 1) and not cluster:
         raise UserError(f"cpus_per_trial is {study.resources.cpus_per_trial}, but this machine has {os.cpu_count()} CPUs")
     return nodes
+
+
+def check_backbones(study: StudyConfig, nodes: list) -> None:
+    """Every backbone the study can use must be one timm knows."""
+    model = study.trial_defaults().model
+    backbones = {model.backbone} | {v for n in _params(nodes) if n.path == "model.backbone" for v in n.values}
+    for name in sorted(backbones):
+        check_backbone(model.model_copy(update={"backbone": name}))
 
 
 def _params(nodes: list):

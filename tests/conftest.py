@@ -1,0 +1,47 @@
+"""Shared fixtures: real data sets on disk (the synthetic demo, real faces from ../shared) and a shrunk study."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small synthetic data set in the competition layout (tune data demo)."""
+    from tune.demo_data import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo(out, persons=60, seed=1, progress=False)
+    return out / "train"
+
+
+@pytest.fixture(scope="session")
+def faces_data(tmp_path_factory) -> Path:
+    """Real faces from ../shared/data in the competition layout; skipped where ../shared is absent."""
+    chips = SHARED / "data" / "utkface-chips"
+    if not chips.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    out = tmp_path_factory.mktemp("faces")
+    subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(chips), "--out",
+                    str(out), "--persons", "120", "--eval-fraction", "0.2"], check=True, capture_output=True)
+    return out
+
+
+def tiny(**sections) -> dict:
+    """A trial config shrunk for tests: tiny timm model, 32 px, few epochs, CPU. Sections override it."""
+    cfg = {"task": "all", "model": {"backbone": "test_resnet", "image_size": 32},
+           "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "num_workers": 0}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny

@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from trainables.config import TrialConfig, UserError, resolve_trial
+from tune.config import load_study
+from tune.space import parse_space
+from tune.study import check_backbones
+
+SPACES = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_study_loads(path):
+    study = load_study(path)
+    nodes = parse_space(study.space, study.trial_base(), str(path))
+    check_backbones(study, nodes)
+    assert study.scheduler.max_t == study.train.epochs
+
+
+def test_shipped_studies_cover_every_task():
+    assert {p.stem for p in SPACES} >= {"mask", "gender", "age", "all", "multi", "demo"}
+
+
+def test_unknown_key_names_key_file_and_nearest(tmp_path):
+    path = write(tmp_path, "task: age\noptimizer:\n  lrr: 0.1\n")
+    with pytest.raises(UserError, match=r"study.yaml: unknown key optimizer.lrr; did you mean optimizer.lr\?"):
+        load_study(path)
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(UserError, match="unknown key shceduler; did you mean scheduler"):
+        load_study(write(tmp_path, "shceduler: {name: asha}\n"))
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(UserError, match=r"study.yaml:3: YAML syntax error"):
+        load_study(write(tmp_path, "task: age\nmodel:\n  backbone: [resnet18\n"))
+
+
+def test_bad_value_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="task: Input should be") as e:
+        load_study(write(tmp_path, "task: ages\n"))
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_and_defaults(tmp_path):
+    study = load_study(write(tmp_path, "task: age\ndata: some/where\n"),
+                       {"train.epochs": 3, "optimizer.lr": 0.5, "name": "x"})
+    assert study.name == "x" and study.train.epochs == 3 and study.optimizer.lr == 0.5
+    assert Path(study.data.root).is_absolute() and study.data.root.endswith("some/where")
+    assert study.scheduler.max_t == 3 and study.loss.name == "cross_entropy"
+
+
+def test_max_t_beyond_epochs_is_refused(tmp_path):
+    with pytest.raises(UserError, match="max_t"):
+        load_study(write(tmp_path, "train: {epochs: 2}\nscheduler: {max_t: 5}\n"))
+
+
+def test_augment_preset_fills_only_unset_values():
+    cfg = TrialConfig.model_validate({"augment": {"preset": "heavy", "hflip": 0.0}})
+    assert cfg.augment.hflip == 0.0 and cfg.augment.grid_dropout == 0.3
+
+
+def test_sampled_preset_reaches_the_trial(tmp_path):
+    study = load_study(write(tmp_path, "augment: {hflip: 0.1}\n"))
+    cfg = resolve_trial(study.trial_base(), {"augment.preset": "heavy"})
+    assert cfg.augment.hflip == 0.1 and cfg.augment.crop_scale == 0.5
+
+
+def test_unknown_backbone(tmp_path):
+    study = load_study(write(tmp_path, "model: {backbone: resnet_nonexistent}\n"))
+    with pytest.raises(UserError, match="unknown timm backbone 'resnet_nonexistent'"):
+        check_backbones(study, [])

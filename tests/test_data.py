@@ -1,0 +1,80 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from trainables import data
+from trainables.config import DataConfig, UserError
+
+
+def copy_of(demo_data, tmp_path):
+    out = tmp_path / "train"
+    shutil.copytree(demo_data, out)
+    return out
+
+
+def test_table_labels_and_hidden_files(demo_data):
+    table = data.read_table(demo_data)
+    assert len(table) == 7 * table["person"].nunique() == 7 * 60
+    assert not any("/._" in f for f in table["file"])  # AppleDouble files are skipped
+    assert sorted(table["mask"].value_counts().to_dict().items()) == [(0, 300), (1, 60), (2, 60)]
+    labels = data.targets(table, "all", (30, 60))
+    band = data.age_band(table["age"].to_numpy(), (30, 60))
+    assert np.array_equal(labels, 6 * table["mask"] + 3 * table["gender"] + band)
+    assert list(data.age_band(np.array([29, 30, 59, 60]), (30, 60))) == [0, 1, 1, 2]
+    assert data.targets(table, "multi", (30, 58)).shape == (len(table), 3)
+
+
+def test_competition_top_folder_is_accepted(demo_data):
+    assert data.train_dir(demo_data.parent) == demo_data
+
+
+def test_split_is_by_person_stratified_and_seeded(demo_data):
+    table = data.read_table(demo_data)
+    cfg = DataConfig(root=str(demo_data), val_fraction=0.25, split_seed=3)
+    train, val = data.split_persons(table, cfg)
+    assert not set(train) & set(val)
+    assert set(train) | set(val) == set(table["person"])
+    assert len(val) == 15
+    assert (train, val) == data.split_persons(table, cfg)
+    assert val != data.split_persons(table, cfg.model_copy(update={"split_seed": 4}))[1]
+    persons = table.drop_duplicates("person").set_index("person")
+    share = persons.loc[val, "gender"].mean(), persons.loc[train, "gender"].mean()
+    assert abs(share[0] - share[1]) < 0.15  # stratified by gender (and age band)
+
+
+def test_missing_folder_and_csv(tmp_path):
+    with pytest.raises(UserError, match="data folder not found"):
+        data.read_table(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no train.csv"):
+        data.read_table(tmp_path)
+
+
+def test_row_without_folder(demo_data, tmp_path):
+    root = copy_of(demo_data, tmp_path)
+    victim = sorted((root / "images").iterdir())[0]
+    shutil.rmtree(victim)
+    with pytest.raises(UserError, match=rf"line \d+: folder .*{victim.name} is missing"):
+        data.read_table(root)
+
+
+def test_person_with_missing_photo(demo_data, tmp_path):
+    root = copy_of(demo_data, tmp_path)
+    folder = sorted((root / "images").iterdir())[1]
+    (folder / "incorrect_mask.jpg").unlink()
+    with pytest.raises(UserError, match="missing image.* incorrect_mask"):
+        data.read_table(root)
+
+
+def test_corrupted_image_is_named(demo_data, tmp_path):
+    root = copy_of(demo_data, tmp_path)
+    bad = sorted((root / "images").iterdir())[2] / "normal.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    with pytest.raises(UserError, match=f"cannot read image {bad}"):
+        data.load_images([str(bad)], 32, None)
+
+
+def test_load_image_crops_and_resizes(demo_data):
+    file = data.read_table(demo_data)["file"].iloc[0]
+    image = data.load_image(file, 48, (384, 320))
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and image.std() > 5

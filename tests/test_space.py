@@ -1,0 +1,65 @@
+import optuna
+import pytest
+
+from trainables.config import TrialConfig, UserError, resolve_trial
+from tune.space import Branching, SpaceSampler, parse_space
+
+SPACE = {
+    "model.backbone": {"choice": ["resnet18", "efficientnet_b0"]},
+    "train.batch_size": {"int": [16, 64], "step": 16},
+    "optimizer": {"choice": {
+        "sgd": {"lr": {"loguniform": [1e-3, 1e-1]}, "momentum": {"uniform": [0.8, 0.95]}},
+        "adamw": {"lr": {"loguniform": [1e-4, 1e-2]}},
+        "sam": {"rho": {"uniform": [0.02, 0.1]}, "base": "adam"},
+    }},
+    "data.age_bounds": {"choice": [[30, 60], [30, 58]]},
+}
+
+
+def parse(space: dict) -> list:
+    return parse_space(space, {}, "s.yaml")
+
+
+def test_conditional_space_samples_only_the_branch_keys():
+    sampler = SpaceSampler(parse(SPACE))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        values = sampler(trial)
+        name = values["optimizer.name"]
+        seen.add(name)
+        assert ("optimizer.momentum" in values) == (name == "sgd")
+        assert ("optimizer.rho" in values) == (name == "sam")
+        if name == "sam":
+            assert values["optimizer.base"] == "adam" and "optimizer.lr" not in values
+        assert values["train.batch_size"] in (16, 32, 48, 64)
+        assert values["data.age_bounds"] in ([30, 60], [30, 58])
+        cfg = resolve_trial({}, values)  # every sample is a valid trial config
+        assert isinstance(cfg, TrialConfig) and cfg.optimizer.name == name
+        study.tell(trial, 0.5)
+    assert seen == {"sgd", "adamw", "sam"}
+
+
+def test_branching_is_parsed_as_such():
+    nodes = parse({"loss": {"choice": {"focal": {"gamma": {"uniform": [1, 3]}}, "f1": {}}}})
+    assert isinstance(nodes[0], Branching) and set(nodes[0].branches) == {"focal", "f1"}
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimizer.lr": {"uniform": [0.1, 0.01]}}, r"low < high, got low=0.1 > high=0.01"),
+    ({"optimizer.lr": {"loguniform": [0.0, 0.1]}}, r"bounds must be > 0, got low=0.0"),
+    ({"optimizer.lr": {"uniform": [-1.0, 0.1]}}, r"optimizer.lr = -1.0 is not allowed"),
+    ({"optimizer.lrate": {"uniform": [0.1, 0.2]}}, r"unknown key optimizer.lrate; did you mean optimizer.lr\?"),
+    ({"optimizer.name": {"choice": ["sgd", "lion"]}}, r"optimizer.name = 'lion' is not allowed"),
+    ({"train.epochs": {"int": [1.5, 3]}}, r"integer bounds"),
+    ({"optimizer.lr": {"normal": [0, 1]}}, r"expected one of choice, uniform, loguniform, int"),
+    ({"optimizer.lr": {"choice": []}}, r"non-empty list"),
+    ({"model": {"choice": {"a": {}}}}, r"branches need a section with a name"),
+    ({"optimizer": {"choice": {"sgd": {"lr": {"uniform": [0.1, 0.2]}}, "adam": {"lr": {"loguniform": [0.1, 0.2]}}}}},
+     r"different kinds of distributions"),
+])
+def test_impossible_spaces_are_one_line_errors(space, message):
+    with pytest.raises(UserError, match=message) as e:
+        parse(space)
+    assert "\n" not in str(e.value) and "s.yaml" in str(e.value)

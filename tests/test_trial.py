@@ -1,0 +1,45 @@
+"""A trial without Ray: training, resuming from a checkpoint, a NaN loss, every task and optimizer."""
+import json
+
+import pytest
+
+from trainables.config import TrialConfig
+from trainables.trial import Trial
+
+
+def make(demo_data, tiny, **sections) -> Trial:
+    sections["data"] = {"root": str(demo_data), **sections.get("data", {})}
+    return Trial(TrialConfig.model_validate(tiny(**sections)))
+
+
+@pytest.mark.parametrize("task, optimizer, loss", [
+    ("all", "sam", "focal"), ("multi", "sgd", "cross_entropy"), ("age", "adam", "f1"), ("mask", "adamw", "focal"),
+])
+def test_epoch_reports_the_task_metrics(demo_data, tiny_config, task, optimizer, loss):
+    trial = make(demo_data, tiny_config, task=task, optimizer={"name": optimizer}, loss={"name": loss},
+                 train={"epochs": 1}, data={"one_image_per_person": task == "age"})
+    result = trial.run_epoch()
+    assert result["epoch"] == 1 and 0 <= result["val_f1"] <= 1 and result["train_loss"] > 0
+    assert ("val_f1_18" in result) == (task in ("all", "multi"))
+    assert not set(trial.train_persons) & set(trial.val_persons)
+
+
+def test_resumed_trial_continues_where_it_stopped(demo_data, tiny_config, tmp_path):
+    straight = make(demo_data, tiny_config)
+    results = [straight.run_epoch() for _ in range(2)]
+    first = make(demo_data, tiny_config)
+    first.save(tmp_path, first.run_epoch())
+    resumed = make(demo_data, tiny_config)
+    resumed.load(tmp_path)
+    assert resumed.epoch == 1
+    again = resumed.run_epoch()
+    assert again["epoch"] == 2
+    assert again["val_f1"] == results[1]["val_f1"] and again["val_loss"] == pytest.approx(results[1]["val_loss"])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert TrialConfig.model_validate(saved) == first.cfg
+
+
+def test_nan_loss_raises(demo_data, tiny_config):
+    trial = make(demo_data, tiny_config, optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.0})
+    with pytest.raises(FloatingPointError, match="loss became"):
+        trial.run_epoch()
