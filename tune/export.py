@@ -19,7 +19,6 @@ import mlflow
 import numpy as np
 import torch
 import yaml
-from mlflow import MlflowClient
 from safetensors.torch import load_model
 
 from trainables import data
@@ -95,7 +94,7 @@ def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
 
 def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: str) -> None:
     """Attach the export to the best trial's MLflow run and register the model under the study's name."""
-    client = MlflowClient(uri)
+    client = tracking.connect(uri)
     parent = tracking.find_study_run(client, study)
     run_id = parent
     if parent is not None:

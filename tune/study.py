@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import yaml
-from mlflow import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -34,12 +33,6 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
     """Validate what a study needs before it starts; returns the parsed space. Raises UserError."""
     nodes = space.parse_space(study.space, study.trial_base(), where)
     check_backbones(study, nodes)
-    if not study.data.root:
-        raise UserError(f"{where}: no data folder: set data: in the file or pass --data DIR")
-    table = data.read_table(study.data.root, study.data.max_persons)
-    data.split_persons(table, study.data)
-    data.load_images(table["file"].tolist(), 32, None, workers=os.cpu_count() or 1, progress=True,
-                     desc="checking images")
     if study.resources.gpus_per_trial > 0 and not cluster:
         import torch
 
@@ -48,6 +41,12 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
                             f"{torch.cuda.device_count()} CUDA GPU(s)")
     if study.resources.cpus_per_trial > (os.cpu_count() or 1) and not cluster:
         raise UserError(f"cpus_per_trial is {study.resources.cpus_per_trial}, but this machine has {os.cpu_count()} CPUs")
+    if not study.data.root:
+        raise UserError(f"{where}: no data folder: set data: in the file or pass --data DIR")
+    table = data.read_table(study.data.root, study.data.max_persons)
+    data.split_persons(table, study.data)
+    data.load_images(table["file"].tolist(), 32, None, workers=os.cpu_count() or 1, progress=True,
+                     desc="checking images")
     return nodes
 
 
@@ -102,7 +101,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
     if not resume and path.exists():
         raise UserError(f"study {study.name!r} exists ({path}): pass --resume to continue it or --name for a new one")
 
-    client = MlflowClient(uri)
+    client = tracking.connect(uri)
     base = study.trial_base()
     parent = tracking.find_study_run(client, study.name) if resume else None
     if parent is None:

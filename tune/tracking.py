@@ -33,10 +33,14 @@ METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
 def tracking_uri(uri: str | None = None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's SQLite store (absolute)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    STORE.mkdir(exist_ok=True)
-    return f"sqlite:///{(STORE / 'mlflow.db').resolve()}"
+    return uri or f"sqlite:///{(STORE / 'mlflow.db').resolve()}"
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client of the store, creating the project's store folder on first use."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(uri)
 
 
 def artifact_root() -> str:

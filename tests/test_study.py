@@ -1,0 +1,120 @@
+"""Real studies on the demo data: Ray Tune + Optuna + ASHA, the MLflow store, resume, export and reload."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name: it
+task: all
+model: {{backbone: test_resnet, image_size: 32}}
+train: {{epochs: {epochs}, batch_size: 16, num_workers: 0}}
+space:
+  optimizer:
+    choice:
+      sgd: {{lr: {{choice: {lrs}}}, momentum: {{choice: [0.0]}}}}
+      adamw: {{weight_decay: {{loguniform: [1.0e-5, 1.0e-3]}}}}
+search: {{algorithm: random, seed: {seed}, num_samples: {samples}, max_concurrent: {concurrent}}}
+scheduler: {{name: {scheduler}, grace_period: 1, reduction_factor: 2}}
+"""
+
+
+def tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tune", *args]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+
+
+def run(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    done = subprocess.run(tune_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def study_file(tmp_path: Path, **values) -> Path:
+    defaults = dict(epochs=4, seed=0, samples=6, concurrent=2, scheduler="asha", lrs="[0.003, 0.03, 1.0e+12]")
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(**(defaults | values)))
+    return path
+
+
+def runs_of(tmp_path: Path, study: str) -> tuple[MlflowClient, object, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tune.role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, parents[0], children
+
+
+def test_study_tracks_stops_early_fails_alone_and_exports(demo_data, tmp_path):
+    run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
+    client, parent, children = runs_of(tmp_path, "it")
+    assert len(children) == 6
+    outcomes = [c.data.tags["tune.outcome"] for c in children]
+    assert "stopped_early" in outcomes and "finished" in outcomes  # ASHA stopped some, not all
+    assert "failed" in outcomes  # lr 1e12 makes the loss NaN: that trial fails, the study goes on
+    assert {c.info.status for c in children if c.data.tags["tune.outcome"] == "failed"} == {"FAILED"}
+    finished = next(c for c in children if c.data.tags["tune.outcome"] == "finished")
+    history = client.get_metric_history(finished.info.run_id, "val_f1")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert finished.data.params["optimizer.name"] in ("sgd", "adamw") and finished.data.params["task"] == "all"
+    artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_report.json", "config.json"} <= artifacts
+    assert {"study.yaml", "search_space.txt", "trials.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.tags["tune.best_trial_id"]
+
+    listed = run(tmp_path, "ls", str(tmp_path / "mlruns" / "ray" / "it"))  # Ray's own subcommand, through ours
+    assert "trial_id" in listed.stdout
+
+    run(tmp_path, "export", "it")
+    out = tmp_path / "exports" / "it"
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.yaml", "metrics.json", "classes.json"}
+    reported = json.loads((out / "metrics.json").read_text())
+    best = max(c.data.metrics.get("best_val_f1", -1) for c in children)
+    assert reported["val_f1"] == pytest.approx(best)  # the best epoch of all trials, not a last epoch
+    from tune.export import evaluate_export
+
+    assert evaluate_export(out)["val_f1"] == pytest.approx(reported["val_f1"], abs=1e-9)
+    assert client.get_registered_model("it").latest_versions
+
+
+def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=3, samples=4, concurrent=1, scheduler="fifo", seed=1,
+                      lrs="[0.003, 0.03]")
+    args = ["run", str(path), "--data", str(demo_data), "--name", "resumable"]
+    proc = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = tmp_path / "mlruns" / "ray" / "resumable"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(storage.glob("*/checkpoint_000002"))) < 1:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    first = {p.parent.name for p in storage.glob("*/checkpoint_000002")}
+    assert 1 <= len(first) < 4
+
+    with pytest.raises(AssertionError, match="exists"):  # a new run of the same name is refused
+        run(tmp_path, *args)
+    run(tmp_path, *args, "--resume")
+    _, _, children = runs_of(tmp_path, "resumable")
+    assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
+    for trial in first:  # trials finished before the interruption were not run again
+        lines = (storage / trial / "result.json").read_text().strip().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
