@@ -35,7 +35,8 @@ def test_sam_step_is_the_gradient_at_the_perturbed_point():
         assert torch.allclose(p, e, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW)])
 def test_plain_optimizers(name, cls):
     optimizer, sam = make_optimizer(OptimizerConfig(name=name, nesterov=True), torch.nn.Linear(2, 2).parameters())
     assert isinstance(optimizer, cls) and sam is None

@@ -62,6 +62,19 @@ def runs_of(tmp_path: Path, study: str) -> tuple[MlflowClient, object, list]:
     return client, parents[0], children
 
 
+def finished_trials(tmp_path: Path, study: str) -> set[str]:
+    """Ray trial ids of the trials the MLflow store marks finished."""
+    store = tmp_path / "mlruns" / "mlflow.db"
+    if not store.exists():
+        return set()
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return set()
+    runs = client.search_runs([experiment.experiment_id], "tags.`tune.outcome` = 'finished'")
+    return {r.data.tags["ray.trial_id"] for r in runs}
+
+
 def test_study_tracks_stops_early_fails_alone_and_exports(demo_data, tmp_path):
     run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
     client, parent, children = runs_of(tmp_path, "it")
@@ -76,7 +89,8 @@ def test_study_tracks_stops_early_fails_alone_and_exports(demo_data, tmp_path):
     assert finished.data.params["optimizer.name"] in ("sgd", "adamw") and finished.data.params["task"] == "all"
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
     assert {"confusion_matrix.png", "per_class_report.json", "config.json"} <= artifacts
-    assert {"study.yaml", "search_space.txt", "trials.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"study.yaml", "search_space.txt", "trials.json"} <= parent_artifacts
     assert parent.data.tags["tune.best_trial_id"]
 
     listed = run(tmp_path, "ls", str(tmp_path / "mlruns" / "ray" / "it"))  # Ray's own subcommand, through ours
@@ -102,12 +116,12 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, 
                             stderr=subprocess.DEVNULL, start_new_session=True)
     storage = tmp_path / "mlruns" / "ray" / "resumable"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(storage.glob("*/checkpoint_000002"))) < 1:
-        time.sleep(0.5)
+    while time.time() < deadline and not finished_trials(tmp_path, "resumable"):
+        time.sleep(1)
     assert proc.poll() is None, "the study ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
-    first = {p.parent.name for p in storage.glob("*/checkpoint_000002")}
+    first = finished_trials(tmp_path, "resumable")
     assert 1 <= len(first) < 4
 
     with pytest.raises(AssertionError, match="exists"):  # a new run of the same name is refused
@@ -115,6 +129,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, 
     run(tmp_path, *args, "--resume")
     _, _, children = runs_of(tmp_path, "resumable")
     assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
-    for trial in first:  # trials finished before the interruption were not run again
-        lines = (storage / trial / "result.json").read_text().strip().splitlines()
+    for trial_id in first:  # trials finished before the interruption were not run again
+        (folder,) = storage.glob(f"*{trial_id}*")
+        lines = (folder / "result.json").read_text().strip().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

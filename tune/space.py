@@ -104,7 +104,8 @@ def _parse(space: dict[str, Any], prefix: str, where: str) -> list:
         target = _field_at(path, where)
         if not isinstance(spec, dict):
             if not prefix:
-                raise UserError(f"{where}: space.{path}: expected a distribution such as {{choice: [...]}}, got {spec!r}")
+                raise UserError(f"{where}: space.{path}: expected a distribution such as {{choice: [...]}}, "
+                                f"got {spec!r}")
             nodes.append((path, spec))  # a fixed value inside a branch
             continue
         kinds = [k for k in spec if k in KINDS]
@@ -115,7 +116,8 @@ def _parse(space: dict[str, Any], prefix: str, where: str) -> list:
         kind, args = kinds[0], spec[kinds[0]]
         if kind == "choice" and isinstance(args, dict):
             if not (isinstance(target, type) and issubclass(target, BaseModel) and "name" in target.model_fields):
-                raise UserError(f"{where}: space.{path}: branches need a section with a name (optimizer, loss, schedule)")
+                raise UserError(f"{where}: space.{path}: branches need a section with a name "
+                                "(optimizer, loss, schedule)")
             branches = {}
             for name, sub in args.items():
                 if not isinstance(sub, dict):

@@ -40,7 +40,8 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
             raise UserError(f"gpus_per_trial is {study.resources.gpus_per_trial}, but this machine has "
                             f"{torch.cuda.device_count()} CUDA GPU(s)")
     if study.resources.cpus_per_trial > (os.cpu_count() or 1) and not cluster:
-        raise UserError(f"cpus_per_trial is {study.resources.cpus_per_trial}, but this machine has {os.cpu_count()} CPUs")
+        raise UserError(f"cpus_per_trial is {study.resources.cpus_per_trial}, "
+                        f"but this machine has {os.cpu_count()} CPUs")
     if not study.data.root:
         raise UserError(f"{where}: no data folder: set data: in the file or pass --data DIR")
     table = data.read_table(study.data.root, study.data.max_persons)

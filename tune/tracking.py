@@ -181,7 +181,8 @@ class StudyTracker(tune.Callback):
             best = self.best.get(trial.trial_id, {})
             outcome = "failed" if trial.status == "ERROR" else (
                 "finished" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped_early")
-            rows.append({"trial_id": trial.trial_id, "outcome": outcome, "epochs": (trial.last_result or {}).get("epoch", 0),
+            epochs = (trial.last_result or {}).get("epoch", 0)
+            rows.append({"trial_id": trial.trial_id, "outcome": outcome, "epochs": epochs,
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
