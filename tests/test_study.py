@@ -127,8 +127,10 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, 
     with pytest.raises(AssertionError, match="exists"):  # a new run of the same name is refused
         run(tmp_path, *args)
     run(tmp_path, *args, "--resume")
-    _, _, children = runs_of(tmp_path, "resumable")
+    client, parent, children = runs_of(tmp_path, "resumable")
     assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
+    trials = json.loads(Path(client.download_artifacts(parent.info.run_id, "trials.json", str(tmp_path))).read_text())
+    assert len(trials["data"]) == 4 and "outcome" in trials["columns"]
     for trial_id in first:  # trials finished before the interruption were not run again
         (folder,) = storage.glob(f"*{trial_id}*")
         lines = (folder / "result.json").read_text().strip().splitlines()

@@ -5,6 +5,7 @@ gender, age) on the same features, read back by splitting the output's columns (
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -17,7 +18,7 @@ from trainables.config import ModelConfig, UserError
 def check_backbone(cfg: ModelConfig) -> None:
     """Fail early, with one line, for a backbone timm does not know or a weights file that is not there."""
     if not timm.is_model(cfg.backbone):
-        close = timm.list_models(f"*{cfg.backbone.split('_')[0]}*")[:5]
+        close = difflib.get_close_matches(cfg.backbone, timm.list_models(), n=3, cutoff=0.7)
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise UserError(f"unknown timm backbone {cfg.backbone!r}{hint}")
     if cfg.pretrained_file and not Path(cfg.pretrained_file).is_file():

@@ -90,6 +90,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> 
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+def log_table(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str) -> None:
+    """A table in MLflow's table format, replacing any earlier one (client.log_table would append to it)."""
+    client.log_dict(run_id, json.loads(table.to_json(orient="split", index=False)), name)
+
+
 class StudyTracker(tune.Callback):
     """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics."""
 
@@ -170,7 +175,7 @@ class StudyTracker(tune.Callback):
         confusion = json.loads(best.pop("confusion"))
         self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
                                                for k, v in best.items()])
-        self.client.log_table(run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
+        log_table(self.client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
         self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
                                "confusion_matrix.png")
         plt.close("all")
@@ -187,7 +192,7 @@ class StudyTracker(tune.Callback):
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
         if len(table):
-            self.client.log_table(self.parent, table, "trials.json")
+            log_table(self.client, self.parent, table, "trials.json")
         scored = table.dropna(subset=[f"best_{self.metric}"]) if len(table) else table
         if len(scored):
             best_row = scored.sort_values(f"best_{self.metric}", ascending=self.mode == "min").iloc[0]
