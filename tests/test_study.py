@@ -65,8 +65,8 @@ def runs_of(tmp_path: Path, study: str) -> tuple[MlflowClient, object, list]:
 def finished_trials(tmp_path: Path, study: str) -> set[str]:
     """Ray trial ids of the trials the MLflow store marks finished."""
     store = tmp_path / "mlruns" / "mlflow.db"
-    if not store.exists():
-        return set()
+    if not any((tmp_path / "mlruns" / "ray" / study).glob("*/checkpoint_*")):
+        return set()  # not before a trial has reported: the driver may still be creating the store's tables
     client = MlflowClient(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name(study)
     if experiment is None:

@@ -150,10 +150,8 @@ class StudyTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
-        last = (trial.last_result or {}).get("epoch", 0)
-        outcome = "finished" if last >= self.epochs else "stopped_early"
         self._log_best(trial, run_id)
-        self.client.set_tag(run_id, "tune.outcome", outcome)
+        self.client.set_tag(run_id, "tune.outcome", self._outcome(trial))
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -164,6 +162,11 @@ class StudyTracker(tune.Callback):
         if error is not None:
             self.client.log_text(run_id, str(error), "error.txt")
         self.client.set_terminated(run_id, "FAILED")
+
+    def _outcome(self, trial) -> str:
+        if trial.status == "ERROR":
+            return "failed"
+        return "finished" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped_early"
 
     def _log_best(self, trial, run_id: str) -> None:
         """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
@@ -184,10 +187,8 @@ class StudyTracker(tune.Callback):
         rows = []
         for trial in trials:
             best = self.best.get(trial.trial_id, {})
-            outcome = "failed" if trial.status == "ERROR" else (
-                "finished" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped_early")
             epochs = (trial.last_result or {}).get("epoch", 0)
-            rows.append({"trial_id": trial.trial_id, "outcome": outcome, "epochs": epochs,
+            rows.append({"trial_id": trial.trial_id, "outcome": self._outcome(trial), "epochs": epochs,
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
