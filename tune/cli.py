@@ -98,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tune.tracking import tracking_uri
 
     study = load_study(args.space, overrides(args))
+    studies.check_name(study.name, args.resume)
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
     results = studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address)
     return summarize(results, study)

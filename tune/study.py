@@ -51,6 +51,15 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
     return nodes
 
 
+def check_name(name: str, resume: bool) -> None:
+    """A new study needs a new name; --resume needs an interrupted study of that name."""
+    path = study_path(name)
+    if resume and not tune.Tuner.can_restore(str(path)):
+        raise UserError(f"no interrupted study {name!r} to resume in {path}")
+    if not resume and path.exists():
+        raise UserError(f"study {name!r} exists ({path}): pass --resume to continue it or --name for a new one")
+
+
 def check_backbones(study: StudyConfig, nodes: list) -> None:
     """Every backbone the study can use must be one timm knows."""
     model = study.trial_defaults().model
@@ -97,11 +106,6 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
     import ray
 
     path = study_path(study.name)
-    if resume and not tune.Tuner.can_restore(str(path)):
-        raise UserError(f"no interrupted study {study.name!r} to resume in {path}")
-    if not resume and path.exists():
-        raise UserError(f"study {study.name!r} exists ({path}): pass --resume to continue it or --name for a new one")
-
     client = tracking.connect(uri)
     base = study.trial_base()
     parent = tracking.find_study_run(client, study.name) if resume else None
