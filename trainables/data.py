@@ -44,8 +44,13 @@ def class_names(task: str, bounds: tuple[int, int] = (30, 60)) -> list[str]:
     return [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDER_NAMES for a in age_band_names(bounds)]
 
 
+def heads(task: str) -> dict[str, int]:
+    """The model's output heads and their classes, in the order of its output columns."""
+    return dict(HEADS) if task == "multi" else {task: len(class_names(task))}
+
+
 def num_outputs(task: str) -> int:
-    return sum(HEADS.values()) if task == "multi" else len(class_names(task))
+    return sum(heads(task).values())
 
 
 def age_band(age: np.ndarray | int, bounds: tuple[int, int]) -> np.ndarray:

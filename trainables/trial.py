@@ -59,7 +59,6 @@ class Trial:
         labels = data.targets(table, cfg.task, cfg.data.age_bounds)
         is_train = table["person"].isin(self.train_persons).to_numpy()
         self.train_labels = labels[is_train]
-        self.val_table = table[~is_train].reset_index(drop=True)
 
         self.model = build_model(cfg.model, data.num_outputs(cfg.task))
         self.dev = Device(device, *normalization(self.model), channels_last=cfg.model.channels_last)
@@ -67,8 +66,7 @@ class Trial:
         if self.dev.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.model.compile else self.model
-        heads = list(data.HEADS.values()) if cfg.task == "multi" else [data.num_outputs(cfg.task)]
-        self.loss_fn = TaskLoss(cfg.loss, heads, self.train_labels).to(self.dev.device)
+        self.loss_fn = TaskLoss(cfg.loss, list(data.heads(cfg.task).values()), self.train_labels).to(self.dev.device)
         self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model.parameters())
 
         pin = self.dev.cuda

@@ -54,9 +54,8 @@ def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: 
     shutil.copy2(checkpoint / "model.safetensors", out / "model.safetensors")
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     (out / "metrics.json").write_text(json.dumps({**metrics, "study": study, "checkpoint": str(checkpoint)}, indent=1))
-    heads = dict(data.HEADS) if config.task == "multi" else {config.task: data.num_outputs(config.task)}
     classes = {"task": config.task, "classes": data.class_names(config.task, config.data.age_bounds),
-               "heads": heads, "age_bounds": list(config.data.age_bounds)}
+               "heads": data.heads(config.task), "age_bounds": list(config.data.age_bounds)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     table = data.read_table(config.data.root, config.data.max_persons)
     train, val = data.split_persons(table, config.data)
