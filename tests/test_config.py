@@ -78,3 +78,13 @@ def test_unknown_backbone(tmp_path):
     study = load_study(write(tmp_path, "model: {backbone: resnet_nonexistent}\n"))
     with pytest.raises(UserError, match="unknown timm backbone 'resnet_nonexistent'"):
         check_backbones(study, [])
+
+
+def test_overrides_through_an_empty_section_and_into_a_value(tmp_path):
+    assert load_study(write(tmp_path, "train:\n"), {"train.epochs": 3}).train.epochs == 3
+    with pytest.raises(UserError, match="cannot set train.epochs.x: epochs holds a value"):
+        load_study(write(tmp_path, "train: {epochs: 2}\n"), {"train.epochs.x": 1})
+
+
+def test_weights_file_becomes_absolute(tmp_path):
+    assert Path(load_study(write(tmp_path, "model: {pretrained_file: w.pth}\n")).model.pretrained_file).is_absolute()

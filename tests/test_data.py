@@ -78,3 +78,9 @@ def test_load_image_crops_and_resizes(demo_data):
     file = data.read_table(demo_data)["file"].iloc[0]
     image = data.load_image(file, 48, (384, 320))
     assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and image.std() > 5
+
+
+def test_split_of_few_persons_falls_back_to_coarser_strata(demo_data):
+    table = data.read_table(demo_data, max_persons=20)
+    train, val = data.split_persons(table, DataConfig(val_fraction=0.9))
+    assert len(train) == 2 and len(val) == 18

@@ -55,6 +55,7 @@ def test_branching_is_parsed_as_such():
     ({"train.epochs": {"int": [1.5, 3]}}, r"integer bounds"),
     ({"optimizer.lr": {"normal": [0, 1]}}, r"expected one of choice, uniform, loguniform, int"),
     ({"optimizer.lr": {"choice": []}}, r"non-empty list"),
+    ({"train.batch_size": {"int": [16, 64], "step": 0.5}}, r"step must be a whole number"),
     ({"model": {"choice": {"a": {}}}}, r"branches need a section with a name"),
     ({"optimizer": {"choice": {"sgd": {"lr": {"uniform": [0.1, 0.2]}}, "adam": {"lr": {"loguniform": [0.1, 0.2]}}}}},
      r"different kinds of distributions"),

@@ -43,3 +43,17 @@ def test_nan_loss_raises(demo_data, tiny_config):
     trial = make(demo_data, tiny_config, optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.0})
     with pytest.raises(FloatingPointError, match="loss became"):
         trial.run_epoch()
+
+
+def test_one_image_per_person_with_a_batch_larger_than_the_persons(demo_data, tiny_config):
+    trial = make(demo_data, tiny_config, data={"one_image_per_person": True, "max_persons": 10},
+                 train={"batch_size": 64, "epochs": 1})
+    assert len(trial.train_loader) == 1 and trial.run_epoch()["epoch"] == 1
+
+
+def test_loader_workers_draw_different_augmentations(demo_data, tiny_config):
+    trial = make(demo_data, tiny_config, augment={"preset": "heavy"}, train={"num_workers": 2, "batch_size": 4})
+    trial.train_loader.dataset.labels[:] = 0
+    trial.train_loader.dataset.images[:] = trial.train_loader.dataset.images[:1]  # every photo the same
+    first, second = [batch for _, batch in zip(range(2), trial.train_loader, strict=False)]
+    assert not (first[0] == second[0]).all()  # worker 0's batch differs from worker 1's

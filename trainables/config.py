@@ -133,7 +133,11 @@ def set_dotted(tree: dict, path: str, value: object) -> None:
     """Set tree["a"]["b"] = value for path "a.b", creating the dicts on the way."""
     *parents, leaf = path.split(".")
     for key in parents:
-        tree = tree.setdefault(key, {})
+        if tree.get(key) is None:
+            tree[key] = {}
+        tree = tree[key]
+        if not isinstance(tree, dict):
+            raise UserError(f"cannot set {path}: {key} holds a value, not a section of keys")
     tree[leaf] = value
 
 

@@ -127,9 +127,10 @@ def split_persons(table: pd.DataFrame, cfg: DataConfig) -> tuple[list[str], list
     if len(persons) - n_val < 1:
         raise UserError(f"{len(persons)} person(s) are too few to hold out {cfg.val_fraction:.0%} for validation")
     counts = np.bincount(strata)
-    if counts[counts > 0].min() < 2 or n_val < (counts > 0).sum():
+    n_train = len(persons) - n_val
+    if counts[counts > 0].min() < 2 or min(n_val, n_train) < (counts > 0).sum():
         strata = persons["gender"].to_numpy()  # too few persons for every stratum: gender alone
-        if np.bincount(strata).min() < 2 or n_val < 2:
+        if np.bincount(strata).min() < 2 or min(n_val, n_train) < 2:
             strata = None
     train, val = train_test_split(persons["person"].to_numpy(), test_size=n_val, random_state=cfg.split_seed,
                                   stratify=strata)

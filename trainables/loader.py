@@ -50,9 +50,17 @@ def train_loader(dataset: PhotoDataset, batch_size: int, seed: int, workers: int
     """Shuffled batches (or one photo per person when `persons` is given); the last partial batch is dropped."""
     sampler = OnePerPerson(persons, seed) if persons is not None else None
     generator = torch.Generator().manual_seed(seed)
+    samples = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, pin_memory=pin_memory,
-                      drop_last=len(dataset) > batch_size, persistent_workers=workers > 0)
+                      drop_last=samples > batch_size, worker_init_fn=seed_worker)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Each loader worker draws its own augmentations, seeded from the loader's generator (so by the epoch)."""
+    info = torch.utils.data.get_worker_info()
+    if info.dataset.transform is not None:
+        info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
 def eval_loader(dataset: PhotoDataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:

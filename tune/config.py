@@ -97,8 +97,10 @@ def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None)
         study = StudyConfig.model_validate(raw)
     except ValidationError as e:
         raise UserError(f"{path}: {explain(e, raw)}") from None
-    if study.data.root:
+    if study.data.root:  # Ray runs trials in other folders: paths become absolute here
         study.data.root = str(Path(study.data.root).expanduser().resolve())
+    if study.model.pretrained_file:
+        study.model.pretrained_file = str(Path(study.model.pretrained_file).expanduser().resolve())
     return study
 
 

@@ -17,7 +17,6 @@ the keys its branch uses; a trial's sampled values reach the trainable keyed by 
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import optuna
 from pydantic import BaseModel, ValidationError
 
-from trainables.config import TrialConfig, UserError, set_dotted
+from trainables.config import TrialConfig, UserError, resolve_trial
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 
@@ -145,6 +144,8 @@ def _param(path: str, kind: str, args: Any, step: Any, log: bool, where: str) ->
                         else f"{name} needs low < high, got low = high = {low}")
     if (kind == "loguniform" or log) and low <= 0:
         raise UserError(f"{name} is on a log scale, so its bounds must be > 0, got low={low}")
+    if kind == "int" and step is not None and not (isinstance(step, int) and step >= 1):
+        raise UserError(f"{name}: step must be a whole number >= 1, got {step!r}")
     if step is not None and (not isinstance(step, (int, float)) or step <= 0 or (kind == "loguniform" or log)):
         raise UserError(f"{name}: step must be a positive number on a linear scale, got {step!r}")
     if kind == "uniform" and log:
@@ -200,11 +201,8 @@ def _check_values(nodes: list, base: dict, fixed: dict[str, Any], where: str) ->
 
 
 def _validate(base: dict, values: dict[str, Any], where: str) -> None:
-    tree = copy.deepcopy(base)
-    for path, value in values.items():
-        set_dotted(tree, path, value)
     try:
-        TrialConfig.model_validate(tree)
+        resolve_trial(base, values)
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(map(str, first["loc"]))
