@@ -53,6 +53,15 @@ def num_outputs(task: str) -> int:
     return sum(heads(task).values())
 
 
+def compose18(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """The competition's class: 6 * mask + 3 * gender + age band."""
+    return 6 * mask + 3 * gender + age
+
+
+def decompose18(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return label // 6, (label // 3) % 2, label % 3
+
+
 def age_band(age: np.ndarray | int, bounds: tuple[int, int]) -> np.ndarray:
     return np.digitize(age, bounds)
 
@@ -141,7 +150,7 @@ def targets(table: pd.DataFrame, task: str, bounds: tuple[int, int]) -> np.ndarr
     """Labels for a task: (N,) class ids, or (N, 3) mask/gender/age for multi."""
     band = age_band(table["age"].to_numpy(), bounds)
     mask, gender = table["mask"].to_numpy(), table["gender"].to_numpy()
-    by_task = {"mask": mask, "gender": gender, "age": band, "all": 6 * mask + 3 * gender + band}
+    by_task = {"mask": mask, "gender": gender, "age": band, "all": compose18(mask, gender, band)}
     if task == "multi":
         return np.stack([mask, gender, band], axis=1)
     return by_task[task]

@@ -8,19 +8,11 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
-from trainables.data import HEADS
+from trainables.data import HEADS, compose18, decompose18
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
-
-
-def compose18(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
-    return 6 * mask + 3 * gender + age
-
-
-def decompose18(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return label // 6, (label // 3) % 2, label % 3
 
 
 def predictions(task: str, logits: np.ndarray) -> np.ndarray:

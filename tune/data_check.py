@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from trainables.config import UserError
-from trainables.data import age_band, class_names, load_image, scan
+from trainables.data import class_names, load_image, scan, targets
 
 
 def unreadable(files: list[str], workers: int) -> list[str]:
@@ -27,8 +27,7 @@ def unreadable(files: list[str], workers: int) -> list[str]:
 
 def class_table(table: pd.DataFrame, bounds: tuple[int, int] = (30, 60)) -> pd.DataFrame:
     """Images per class of the 18-class table (class = 6 * mask + 3 * gender + age band)."""
-    label = 6 * table["mask"] + 3 * table["gender"] + age_band(table["age"].to_numpy(), bounds)
-    counts = label.value_counts().reindex(range(18), fill_value=0)
+    counts = pd.Series(targets(table, "all", bounds)).value_counts().reindex(range(18), fill_value=0)
     names = class_names("all", bounds)
     return pd.DataFrame({"class": range(18), "mask/gender/age": names, "images": counts.to_numpy()})
 
