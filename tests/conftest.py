@@ -1,6 +1,7 @@
 """Shared fixtures: real data sets on disk (the synthetic demo, real faces from ../shared) and a shrunk study."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_cache(tmp_path_factory) -> Path:
+    """The decoded-photo cache of the whole test session, away from the user's own cache."""
+    folder = tmp_path_factory.mktemp("image-cache")
+    os.environ["TUNE_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,19 @@ def test_overrides_through_an_empty_section_and_into_a_value(tmp_path):
 
 def test_weights_file_becomes_absolute(tmp_path):
     assert Path(load_study(write(tmp_path, "model: {pretrained_file: w.pth}\n")).model.pretrained_file).is_absolute()
+
+
+@pytest.mark.parametrize("task", ["all", "mask", "gender"])
+def test_regressing_age_head_needs_an_age_head_of_its_own(tmp_path, task):
+    with pytest.raises(UserError, match=f"age_head: regress needs task age or multi .*but task is {task}") as e:
+        load_study(write(tmp_path, f"task: {task}\nmodel: {{age_head: regress}}\n"))
+    assert "\n" not in str(e.value)
+    for ok in ("age", "multi"):
+        assert TrialConfig.model_validate({"task": ok, "model": {"age_head": "regress"}}).model.age_head == "regress"
+
+
+def test_score_age_bounds_are_checked_like_the_training_bounds(tmp_path):
+    with pytest.raises(UserError, match=r"score_age_bounds must be two increasing positive ages, got \[60, 30\]"):
+        load_study(write(tmp_path, "data: {score_age_bounds: [60, 30]}\n"))
+    cfg = TrialConfig()
+    assert cfg.data.age_bounds == cfg.data.score_age_bounds == (30, 60) and cfg.model.age_head == "classify"

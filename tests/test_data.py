@@ -1,7 +1,9 @@
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.model_selection import train_test_split
 
 from trainables import data
 from trainables.config import DataConfig, UserError
@@ -84,3 +86,28 @@ def test_split_of_few_persons_falls_back_to_coarser_strata(demo_data):
     table = data.read_table(demo_data, max_persons=20)
     train, val = data.split_persons(table, DataConfig(val_fraction=0.9))
     assert len(train) == 2 and len(val) == 18
+
+
+def test_training_labels_and_scoring_labels_have_their_own_bounds():
+    table = pd.DataFrame({"age": [25, 58, 59, 60], "mask": [0, 0, 0, 0], "gender": [1, 1, 1, 1]})
+    assert list(data.targets(table, "age", (30, 58))) == [0, 2, 2, 2]  # a person aged 59 is old for training
+    assert list(data.targets(table, "age", (30, 60))) == [0, 1, 1, 2]  # and in band 1 for scoring
+    assert list(data.targets(table, "age", (30, 58), "regress")) == [25, 58, 59, 60]  # a regression head: years
+    assert data.targets(table, "multi", (30, 58), "regress")[:, 2].tolist() == [25, 58, 59, 60]
+    assert data.heads("multi", "regress") == {"mask": 3, "gender": 2, "age": 1}
+    assert data.num_outputs("age", "regress") == 1
+    assert data.heads("multi") == data.HEADS and data.num_outputs("all") == 18
+    with pytest.raises(ValueError, match="no age head"):
+        data.heads("all", "regress")
+
+
+def test_split_does_not_depend_on_the_training_bounds(demo_data):
+    table = data.read_table(demo_data)
+    default = data.split_persons(table, DataConfig())
+    assert data.split_persons(table, DataConfig(age_bounds=(30, 58))) == default
+    assert data.split_persons(table, DataConfig(age_bounds=(25, 40))) == default
+    # the strata are the competition's age bands: the split of the default config is what it was before
+    persons = table.drop_duplicates("person")
+    strata = persons["gender"].to_numpy() * 3 + data.age_band(persons["age"].to_numpy(), (30, 60))
+    train, val = train_test_split(persons["person"].to_numpy(), test_size=12, random_state=0, stratify=strata)
+    assert default == (sorted(train), sorted(val))

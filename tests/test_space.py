@@ -64,3 +64,22 @@ def test_impossible_spaces_are_one_line_errors(space, message):
     with pytest.raises(UserError, match=message) as e:
         parse(space)
     assert "\n" not in str(e.value) and "s.yaml" in str(e.value)
+
+
+def test_age_bounds_and_age_head_are_searchable():
+    space = {"data.age_bounds": {"choice": [[30, 60], [30, 58]]}, "model.age_head": {"choice": ["classify", "regress"]}}
+    nodes = parse_space(space, {"task": "age"}, "s.yaml")
+    sampler = SpaceSampler(nodes)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        cfg = resolve_trial({"task": "age"}, sampler(trial))
+        seen.add((cfg.data.age_bounds, cfg.model.age_head))
+        study.tell(trial, 0.5)
+    assert seen == {(b, h) for b in [(30, 60), (30, 58)] for h in ["classify", "regress"]}
+
+
+def test_a_regressing_age_head_is_refused_for_task_all_in_a_space():
+    with pytest.raises(UserError, match="space.model.age_head: .*regress needs task age or multi"):
+        parse({"model.age_head": {"choice": ["classify", "regress"]}})

@@ -54,6 +54,25 @@ def test_one_image_per_person_with_a_batch_larger_than_the_persons(demo_data, ti
 def test_loader_workers_draw_different_augmentations(demo_data, tiny_config):
     trial = make(demo_data, tiny_config, augment={"preset": "heavy"}, train={"num_workers": 2, "batch_size": 4})
     trial.train_loader.dataset.labels[:] = 0
-    trial.train_loader.dataset.images[:] = trial.train_loader.dataset.images[:1]  # every photo the same
+    trial.train_loader.dataset.index[:] = trial.train_loader.dataset.index[0]  # every photo the same
     first, second = [batch for _, batch in zip(range(2), trial.train_loader, strict=False)]
     assert not (first[0] == second[0]).all()  # worker 0's batch differs from worker 1's
+
+
+def test_regressing_age_head_trains_and_reports_its_error(demo_data, tiny_config):
+    trial = make(demo_data, tiny_config, task="age", model={"age_head": "regress"}, data={"age_bounds": [30, 58]},
+                 loss={"class_weights": "balanced"}, train={"epochs": 1})
+    assert trial.model.get_classifier().out_features == 1
+    result = trial.run_epoch()
+    assert 0 <= result["val_f1"] <= 1 and result["val_age_mae"] > 0 and result["train_loss"] > 0
+    assert set(trial.train_labels) - {0, 1, 2}  # trained on ages in years
+    assert set(trial.val_truth) <= {0, 1, 2} and len(trial.val_truth) == len(trial.val_ages)
+    assert "val_f1_18" not in result and len(result["confusion"]) == 3
+
+
+def test_training_bounds_change_the_labels_not_the_split_or_the_scoring(demo_data, tiny_config):
+    default = make(demo_data, tiny_config, task="multi", train={"epochs": 1})
+    moved = make(demo_data, tiny_config, task="multi", data={"age_bounds": [30, 40]}, train={"epochs": 1})
+    assert (moved.train_persons, moved.val_persons) == (default.train_persons, default.val_persons)
+    assert (moved.val_truth == default.val_truth).all()
+    assert not (moved.train_labels == default.train_labels).all()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Task = Literal["mask", "gender", "age", "all", "multi"]
 
@@ -26,15 +26,23 @@ class DataConfig(Strict):
     root: str = Field("", description="folder holding train.csv and images/ (the competition's train/)")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of persons held out")
     split_seed: int = 0
-    age_bounds: tuple[int, int] = Field((30, 60), description="age band bounds: < a, a <= age < b, >= b")
+    age_bounds: tuple[int, int] = Field(
+        (30, 60), description="age bands of the training labels (and where a regression head's age is cut): "
+        "< a, a <= age < b, >= b")
+    score_age_bounds: tuple[int, int] = Field(
+        (30, 60), description="the competition's age bands: every validation metric and the split's strata")
     one_image_per_person: bool = Field(False, description="train on one random image per person per epoch")
     max_persons: int | None = Field(None, gt=0, description="use only the first N persons (quick runs)")
+    cache: bool = Field(True, description="decode each photo once per machine into a shared, memory-mapped "
+                        "cache; false: decode every photo each time it is drawn (data too big for the disk)")
+    cache_dir: str | None = Field(None, description="the cache's folder (default: $TUNE_CACHE_DIR, else "
+                                  "~/.cache/tune/images); a fast local disk")
 
-    @field_validator("age_bounds")
+    @field_validator("age_bounds", "score_age_bounds")
     @classmethod
-    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+    def _ordered(cls, v: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
         if not 0 < v[0] < v[1]:
-            raise ValueError(f"age_bounds must be two increasing positive ages, got {list(v)}")
+            raise ValueError(f"{info.field_name} must be two increasing positive ages, got {list(v)}")
         return v
 
 
@@ -46,6 +54,9 @@ class ModelConfig(Strict):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     channels_last: bool = Field(True, description="channels_last memory format on a GPU")
     compile: bool = Field(False, description="torch.compile the model (slow start, faster steps)")
+    age_head: Literal["classify", "regress"] = Field(
+        "classify", description="task age and multi: classify the age bands, or regress the age (one output, "
+        "smooth L1 on a scaled age) and cut the prediction into bands at data.age_bounds")
 
 
 # Augmentation presets: the values a preset gives the fields left unset.
@@ -68,6 +79,12 @@ class AugmentConfig(Strict):
     grayscale: float | None = Field(None, ge=0.0, le=1.0, description="probability")
     sharpen: float | None = Field(None, ge=0.0, le=1.0, description="probability")
     grid_dropout: float | None = Field(None, ge=0.0, le=1.0, description="probability")
+    decode_margin: float = Field(0.0, ge=0.0, le=1.0, description="decode photos this much larger than "
+                                 "model.image_size (0.15: 15%), so random crops keep their detail")
+
+    def decoded_size(self, image_size: int) -> int:
+        """The size photos are decoded (and cached) at for a model input of image_size."""
+        return round(image_size * (1 + self.decode_margin))
 
     @model_validator(mode="after")
     def _fill_from_preset(self) -> AugmentConfig:
@@ -124,6 +141,15 @@ class TrialConfig(Strict):
     @classmethod
     def _data_as_path(cls, v: object) -> object:
         return {"root": v} if isinstance(v, str) else v
+
+    @field_validator("model")
+    @classmethod
+    def _age_head_of_the_task(cls, v: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        task = info.data.get("task")
+        if v.age_head == "regress" and task is not None and task not in ("age", "multi"):
+            raise ValueError(f"age_head: regress needs task age or multi (a head of its own for age), "
+                             f"but task is {task}")
+        return v
 
 
 TRIAL_SECTIONS = tuple(TrialConfig.model_fields)

@@ -4,7 +4,10 @@
     images/<path>/       mask1..mask5, incorrect_mask, normal   (.jpg/.jpeg/.png; hidden files skipped)
 
 Labels: mask 0 wear, 1 incorrect, 2 not wear; gender 0 male, 1 female; age band 0 < a, 1 a <= age < b,
-2 >= b with (a, b) = data.age_bounds. The 18-class label is 6 * mask + 3 * gender + age band.
+2 >= b. The 18-class label is 6 * mask + 3 * gender + age band. Two pairs of bounds (a, b): the training
+labels use data.age_bounds (teams trained with >= 58 as old), the validation metrics and the split's strata
+use data.score_age_bounds (the competition's: 30, 60). A model's band 2 is scored as band 2 whatever the
+bounds it was trained with. A regression age head (model.age_head: regress) trains on the raw age instead.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 GENDERS = {"male": 0, "female": 1}
 MASK_NAMES = ["wear", "incorrect", "not_wear"]
 GENDER_NAMES = ["male", "female"]
-HEADS = {"mask": 3, "gender": 2, "age": 3}  # the multi-task model's output is these three heads in order
+HEADS = {"mask": 3, "gender": 2, "age": 3}  # the competition's classes per task; multi's heads, in this order
+AGE_CENTER, AGE_SCALE = 40.0, 20.0  # a regression age head predicts (age - AGE_CENTER) / AGE_SCALE
 
 
 def age_band_names(bounds: tuple[int, int]) -> list[str]:
@@ -44,13 +48,27 @@ def class_names(task: str, bounds: tuple[int, int] = (30, 60)) -> list[str]:
     return [f"{m}/{g}/{a}" for m in MASK_NAMES for g in GENDER_NAMES for a in age_band_names(bounds)]
 
 
-def heads(task: str) -> dict[str, int]:
-    """The model's output heads and their classes, in the order of its output columns."""
-    return dict(HEADS) if task == "multi" else {task: len(class_names(task))}
+def heads(task: str, age_head: str = "classify") -> dict[str, int]:
+    """The model's output heads and their output columns, in order; a regressing age head has one column."""
+    layout = dict(HEADS) if task == "multi" else {task: len(class_names(task))}
+    if age_head == "regress":
+        if "age" not in layout:
+            raise ValueError(f"task {task} has no age head to regress")
+        layout["age"] = 1
+    return layout
 
 
-def num_outputs(task: str) -> int:
-    return sum(heads(task).values())
+def num_outputs(task: str, age_head: str = "classify") -> int:
+    return sum(heads(task, age_head).values())
+
+
+def age_to_target(age):
+    """The regression head's target for an age (numpy array or tensor); `target_to_age` is its inverse."""
+    return (age - AGE_CENTER) / AGE_SCALE
+
+
+def target_to_age(target):
+    return target * AGE_SCALE + AGE_CENTER
 
 
 def compose18(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
@@ -129,9 +147,10 @@ def scan(root: str | os.PathLike, max_persons: int | None = None) -> tuple[pd.Da
 
 
 def split_persons(table: pd.DataFrame, cfg: DataConfig) -> tuple[list[str], list[str]]:
-    """Train and validation persons: a seeded split by person, stratified by gender and age band."""
+    """Train and validation persons: a seeded split by person, stratified by gender and the competition's age band
+    (score_age_bounds, so that training with other age bounds keeps the same split)."""
     persons = table.drop_duplicates("person")
-    strata = persons["gender"].to_numpy() * 3 + age_band(persons["age"].to_numpy(), cfg.age_bounds)
+    strata = persons["gender"].to_numpy() * 3 + age_band(persons["age"].to_numpy(), cfg.score_age_bounds)
     n_val = max(1, round(len(persons) * cfg.val_fraction))
     if len(persons) - n_val < 1:
         raise UserError(f"{len(persons)} person(s) are too few to hold out {cfg.val_fraction:.0%} for validation")
@@ -146,9 +165,10 @@ def split_persons(table: pd.DataFrame, cfg: DataConfig) -> tuple[list[str], list
     return sorted(train), sorted(val)
 
 
-def targets(table: pd.DataFrame, task: str, bounds: tuple[int, int]) -> np.ndarray:
-    """Labels for a task: (N,) class ids, or (N, 3) mask/gender/age for multi."""
-    band = age_band(table["age"].to_numpy(), bounds)
+def targets(table: pd.DataFrame, task: str, bounds: tuple[int, int], age_head: str = "classify") -> np.ndarray:
+    """Labels for a task: (N,) class ids, or (N, 3) mask/gender/age for multi; the age is the band at `bounds`,
+    or the age in years for a regression head."""
+    band = table["age"].to_numpy() if age_head == "regress" else age_band(table["age"].to_numpy(), bounds)
     mask, gender = table["mask"].to_numpy(), table["gender"].to_numpy()
     by_task = {"mask": mask, "gender": gender, "age": band, "all": compose18(mask, gender, band)}
     if task == "multi":
@@ -178,6 +198,13 @@ def load_images(files: list[str], size: int, center_crop: tuple[int, int] | None
                 progress: bool = False, desc: str = "decoding images") -> np.ndarray:
     """All photos decoded into one uint8 array (N, size, size, 3), in parallel threads."""
     out = np.empty((len(files), size, size, 3), np.uint8)
+    decode_into(out, files, size, center_crop, workers, progress, desc)
+    return out
+
+
+def decode_into(out: np.ndarray, files: list[str], size: int, center_crop: tuple[int, int] | None, workers: int = 1,
+                progress: bool = False, desc: str = "decoding images") -> None:
+    """Decode photo i into out[i] for every file, in parallel threads (Pillow releases the GIL)."""
 
     def one(i: int) -> None:
         out[i] = load_image(files[i], size, center_crop)
@@ -185,4 +212,3 @@ def load_images(files: list[str], size: int, center_crop: tuple[int, int] | None
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(tqdm(pool.map(one, range(len(files))), total=len(files), desc=desc, disable=not progress,
                   mininterval=2.0, unit="img"))
-    return out

@@ -1,6 +1,7 @@
 """One epoch of training and a pass of prediction: plain functions, no Ray, no MLflow."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -30,10 +31,12 @@ class Device:
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device) -> tuple[float, int]:
-    """Train for one pass over the loader; returns (mean loss, steps taken). Raises on a NaN or infinite loss."""
+                sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device
+                ) -> tuple[float, int, float]:
+    """Train for one pass over the loader; returns (mean loss, steps taken, seconds to the end of the first
+    step, loader start included). Raises on a NaN or infinite loss."""
     model.train()
-    total, steps = 0.0, 0
+    total, steps, first_step_s, start = 0.0, 0, 0.0, time.perf_counter()
     for images, labels in loader:
         for group in optimizer.param_groups:
             group["lr"] = lr_of_step(first_step + steps)
@@ -54,7 +57,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
             sam.descend()
         total += loss.item()
         steps += 1
-    return total / max(steps, 1), steps
+        if steps == 1:
+            first_step_s = time.perf_counter() - start
+    return total / max(steps, 1), steps, first_step_s
 
 
 @torch.no_grad()

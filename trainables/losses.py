@@ -1,7 +1,9 @@
 """Losses: cross-entropy (label smoothing, class weights), focal (with label smoothing too) and soft macro F1.
 
 `TaskLoss` applies the configured loss to each head of a model's output: one head for the single tasks and
-`all`, three (mask, gender, age) summed for `multi`.
+`all`, three (mask, gender, age) summed for `multi`. A regressing age head (model.age_head: regress) always
+takes `age_regression_loss` (smooth L1 on the scaled age); the loss section (name, label smoothing, gamma,
+class weights) applies to the classifying heads only.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import data
 from trainables.config import LossConfig
 
 
@@ -34,6 +37,11 @@ def soft_f1_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) 
     return 1 - f1.mean()
 
 
+def age_regression_loss(prediction: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 between a regression head's output (N,) and the scaled true age (`data.age_to_target`)."""
+    return F.smooth_l1_loss(prediction.float(), data.age_to_target(age.float()))
+
+
 def balanced_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     """Class weights n / (k * count), as scikit-learn's 'balanced' (absent classes get weight 1)."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -42,25 +50,30 @@ def balanced_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 class TaskLoss(nn.Module):
-    """The configured loss summed over the heads of a model's output.
+    """The configured loss summed over the heads of a model's output (`data.heads(task, age_head)`).
 
-    heads: the number of classes of each head, in the order of the output's columns.
-    train_labels: (N,) or (N, heads) training labels, used for balanced class weights.
+    train_labels: (N,) or (N, heads) training labels (`data.targets`), used for balanced class weights; the
+    age column holds ages in years for a regressing age head, which takes no class weights.
     """
 
-    def __init__(self, cfg: LossConfig, heads: list[int], train_labels: np.ndarray):
+    def __init__(self, cfg: LossConfig, task: str, train_labels: np.ndarray, age_head: str = "classify"):
         super().__init__()
-        self.cfg, self.heads = cfg, heads
+        layout = data.heads(task, age_head)
+        self.cfg, self.heads = cfg, list(layout.values())
+        self.regress = [name == "age" and age_head == "regress" for name in layout]
         labels = train_labels.reshape(len(train_labels), -1)
-        for i, n in enumerate(heads):
-            w = balanced_weights(labels[:, i], n) if cfg.class_weights == "balanced" else None
-            self.register_buffer(f"weight{i}", w)
+        for i, n in enumerate(self.heads):
+            balanced = cfg.class_weights == "balanced" and not self.regress[i]
+            self.register_buffer(f"weight{i}", balanced_weights(labels[:, i], n) if balanced else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.reshape(len(target), -1)
         total = logits.new_zeros((), dtype=torch.float32)
         for i, part in enumerate(logits.split(self.heads, dim=1)):
-            total = total + self._one(part, target[:, i], getattr(self, f"weight{i}"))
+            if self.regress[i]:
+                total = total + age_regression_loss(part[:, 0], target[:, i])
+            else:
+                total = total + self._one(part, target[:, i], getattr(self, f"weight{i}"))
         return total
 
     def _one(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

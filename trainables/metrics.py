@@ -1,38 +1,42 @@
 """Validation metrics from a model's outputs: macro F1 (the competition's score), accuracy, confusion matrix.
 
-For `all` and `multi` the 18-class prediction is also split into (or composed from) mask, gender and age,
-so every task reports the same per-task scores.
+Predictions are read in the competition's classes (`outputs.task_probabilities`) and scored against the
+ground truth banded at `data.score_age_bounds`, whatever bounds or age head the model was trained with. For
+`all` and `multi` the 18-class prediction is also split into mask, gender and age, so every 18-class task
+reports the same per-task scores.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
+from trainables.config import TrialConfig
 from trainables.data import HEADS, compose18, decompose18
+from trainables.outputs import predicted_ages, predicted_classes, task_probabilities
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
-def predictions(task: str, logits: np.ndarray) -> np.ndarray:
-    """Predicted class ids; for multi the composed 18-class id (argmax of each head)."""
-    if task != "multi":
-        return logits.argmax(axis=1)
-    parts = np.split(logits, np.cumsum(list(HEADS.values()))[:-1], axis=1)
-    return compose18(*(p.argmax(axis=1) for p in parts))
+def score(cfg: TrialConfig, outputs: np.ndarray, truth: np.ndarray, ages: np.ndarray | None = None) -> dict:
+    """val_f1, val_acc, the per-task F1 of the 18-class tasks, and the confusion matrix of the task's classes.
 
-
-def score(task: str, logits: np.ndarray, labels: np.ndarray) -> dict:
-    """val_f1, val_acc, the per-task F1 of the 18-class tasks, and the confusion matrix of the task's classes."""
-    pred = predictions(task, logits)
-    true = compose18(*labels.T) if task == "multi" else labels
-    n = 18 if task in ("all", "multi") else logits.shape[1]
+    outputs: the model's raw outputs (N, columns). truth: the competition's labels of the task, banded at
+    data.score_age_bounds (`data.targets(table, task, cfg.data.score_age_bounds)`): (N,) class ids, or (N, 3)
+    for multi. ages: the true ages in years; with a regressing age head, val_age_mae is reported too.
+    """
+    task = cfg.task
+    pred = predicted_classes(task, task_probabilities(cfg, outputs))
+    true = compose18(*truth.T) if task == "multi" else truth
+    n = 18 if task in ("all", "multi") else HEADS[task]
     out = {"val_f1": macro_f1(true, pred, n), "val_acc": float((pred == true).mean())}
     if n == 18:
         out["val_f1_18"] = out["val_f1"]
         for name, t, p in zip(HEADS, decompose18(true), decompose18(pred), strict=True):
             out[f"val_f1_{name}"] = macro_f1(t, p, HEADS[name])
+    if cfg.model.age_head == "regress" and ages is not None:
+        out["val_age_mae"] = float(np.abs(predicted_ages(cfg, outputs) - ages).mean())
     out["confusion"] = confusion_matrix(true, pred, labels=list(range(n))).tolist()
     return out
 

@@ -1,7 +1,8 @@
 """Models: any timm backbone with a classifier sized for the task.
 
 The multi-task model is one backbone whose classifier has 3 + 2 + 3 outputs: three linear heads (mask,
-gender, age) on the same features, read back by splitting the output's columns (see `data.HEADS`).
+gender, age) on the same features, read back by splitting the output's columns; a regressing age head is
+one column (3 + 2 + 1). `data.heads(task, age_head)` is the layout, `outputs.py` reads it back.
 """
 from __future__ import annotations
 

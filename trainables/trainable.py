@@ -16,8 +16,8 @@ from trainables.trial import Trial
 
 def train_trial(config: dict, base: dict) -> None:
     cfg = resolve_trial(base, config)
-    cpus = int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
-    trial = Trial(cfg, cpus=cpus)
+    resources = tune.get_context().get_trial_resources().required_resources
+    trial = Trial(cfg, cpus=int(resources.get("CPU", 1)), gpu_share=resources.get("GPU", 1.0) or 1.0)
     checkpoint = tune.get_checkpoint()
     if checkpoint:  # a restarted or resumed trial continues after its last reported epoch
         with checkpoint.as_directory() as folder:

@@ -1,7 +1,8 @@
 """Training augmentations (albumentations) on decoded uint8 photos, and normalization on the device.
 
-The deterministic part of the pipeline (centre crop, resize to the model's input) happens once, when a
-photo is decoded (`data.load_image`); evaluation uses only that part. Training adds the random part below,
+The deterministic part of the pipeline (centre crop, resize to the model's input, or a little larger with
+`augment.decode_margin`) happens once, when a photo is decoded (`data.load_image`, kept in `cache`);
+evaluation uses only that part. Training adds the random part below,
 built from `AugmentConfig` (a preset fills the parameters the config leaves unset).
 """
 from __future__ import annotations
@@ -17,10 +18,13 @@ from trainables.config import AugmentConfig
 
 
 def train_transform(cfg: AugmentConfig, size: int, seed: int) -> A.Compose:
-    """The random augmentations of a training photo that is already size x size."""
+    """The random augmentations of a decoded photo (cfg.decoded_size(size) square), ending at size x size."""
+    decoded = cfg.decoded_size(size)
     ops: list[A.BasicTransform] = []
     if cfg.crop_scale < 1.0:
         ops.append(A.RandomResizedCrop(size=(size, size), scale=(cfg.crop_scale, 1.0), ratio=(0.8, 1.25)))
+    elif decoded != size:
+        ops.append(A.Resize(size, size))
     if cfg.hflip > 0:
         ops.append(A.HorizontalFlip(p=cfg.hflip))
     if cfg.color_jitter > 0:
@@ -33,6 +37,11 @@ def train_transform(cfg: AugmentConfig, size: int, seed: int) -> A.Compose:
     if cfg.grid_dropout > 0:
         ops.append(A.GridDropout(ratio=0.3, p=cfg.grid_dropout))
     return A.Compose(ops, seed=seed)
+
+
+def eval_transform(cfg: AugmentConfig, size: int) -> A.Compose | None:
+    """Evaluation: only the resize from the decoded size, when photos are decoded with a margin."""
+    return A.Compose([A.Resize(size, size)]) if cfg.decoded_size(size) != size else None
 
 
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:

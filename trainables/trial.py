@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from trainables import data, metrics
+from trainables import cache, data, metrics
 from trainables.config import TrialConfig, UserError
-from trainables.loader import PhotoDataset, eval_loader, train_loader
+from trainables.loader import CachedPhotos, DecodedPhotos, Photos, eval_loader, train_loader
 from trainables.loop import Device, predict, train_epoch
 from trainables.losses import TaskLoss
 from trainables.models import build_model, normalization
 from trainables.optim import lr_at, make_optimizer
-from trainables.transforms import train_transform
+from trainables.transforms import eval_transform, train_transform
 
 
 def seed_everything(seed: int) -> None:
@@ -44,39 +44,57 @@ def pick_device(name: str) -> str:
 class Trial:
     """A model being trained on the person split of `cfg.data`, one `run_epoch()` at a time."""
 
-    def __init__(self, cfg: TrialConfig, cpus: int = 1, progress: bool = False):
+    def __init__(self, cfg: TrialConfig, cpus: int = 1, gpu_share: float = 1.0, progress: bool = False):
+        """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory."""
         self.cfg = cfg
+        started = time.perf_counter()
         seed_everything(cfg.train.seed)
         device = pick_device(cfg.train.device)
         if device == "cpu":
             torch.set_num_threads(max(1, cpus))
+        elif 0 < gpu_share < 1:  # several trials share the GPU: each keeps to its part (contexts need the rest)
+            torch.cuda.set_per_process_memory_fraction(0.95 * gpu_share)
         workers = cfg.train.num_workers if cfg.train.num_workers is not None else max(0, cpus - 1)
 
         table = data.read_table(cfg.data.root, cfg.data.max_persons)
         self.train_persons, self.val_persons = data.split_persons(table, cfg.data)
         size, crop = cfg.model.image_size, cfg.augment.center_crop
-        images = data.load_images(table["file"].tolist(), size, crop, workers=max(1, cpus), progress=progress)
-        labels = data.targets(table, cfg.task, cfg.data.age_bounds)
+        files, decoded = table["file"].tolist(), cfg.augment.decoded_size(size)
+        images = None
+        if cfg.data.cache:
+            images = cache.cached_images(files, decoded, crop, cache.cache_dir(cfg.data.cache_dir), cfg.data.root,
+                                         workers=max(1, cpus), progress=progress)
+        labels = data.targets(table, cfg.task, cfg.data.age_bounds, cfg.model.age_head)  # what the model learns
         is_train = table["person"].isin(self.train_persons).to_numpy()
         self.train_labels = labels[is_train]
+        val_rows = table[~is_train]  # scored in the competition's classes, in the validation loader's order
+        self.val_labels = labels[~is_train]
+        self.val_truth = data.targets(val_rows, cfg.task, cfg.data.score_age_bounds)
+        self.val_ages = val_rows["age"].to_numpy()
+        data_ready = time.perf_counter()
 
-        self.model = build_model(cfg.model, data.num_outputs(cfg.task))
+        self.model = build_model(cfg.model, data.num_outputs(cfg.task, cfg.model.age_head))
         self.dev = Device(device, *normalization(self.model), channels_last=cfg.model.channels_last)
         self.model.to(self.dev.device)
         if self.dev.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.model.compile else self.model
-        self.loss_fn = TaskLoss(cfg.loss, list(data.heads(cfg.task).values()), self.train_labels).to(self.dev.device)
+        self.loss_fn = TaskLoss(cfg.loss, cfg.task, self.train_labels, cfg.model.age_head).to(self.dev.device)
         self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model.parameters())
 
+        def photos(index: np.ndarray, transform) -> Photos:
+            if images is not None:
+                return CachedPhotos(images, index, labels[index], transform)
+            return DecodedPhotos([files[i] for i in index], decoded, crop, labels[index], transform)
+
         pin = self.dev.cuda
-        augment = train_transform(cfg.augment, size, cfg.train.seed)
-        train_set = PhotoDataset(images[is_train], self.train_labels, augment)
+        train_set = photos(np.flatnonzero(is_train), train_transform(cfg.augment, size, cfg.train.seed))
         persons = table["person"].to_numpy()[is_train] if cfg.data.one_image_per_person else None
         self.train_loader = train_loader(train_set, cfg.train.batch_size, cfg.train.seed, workers, persons, pin)
-        self.val_loader = eval_loader(PhotoDataset(images[~is_train], labels[~is_train]), cfg.train.batch_size,
-                                      workers, pin)
+        self.val_loader = eval_loader(photos(np.flatnonzero(~is_train), eval_transform(cfg.augment, size)),
+                                      cfg.train.batch_size, workers, pin)
         self.epoch, self.step = 0, 0
+        self.startup = {"startup_data_s": data_ready - started, "startup_model_s": time.perf_counter() - data_ready}
 
     def lr(self, step: int) -> float:
         cfg = self.cfg
@@ -91,18 +109,23 @@ class Trial:
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(self.epoch)
         lr = self.lr(self.step)
-        train_loss, steps = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam,
-                                        self.lr, self.step, self.dev)
+        train_loss, steps, first_step_s = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer,
+                                                      self.sam, self.lr, self.step, self.dev)
         self.step += steps
         self.epoch += 1
         result = self.evaluate()
         result.update(epoch=self.epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - start)
+        if self.startup:  # the first epoch of this process: where its start-up time went
+            result.update(self.startup, first_step_s=first_step_s)
+            self.startup = {}
         return result
 
     def evaluate(self) -> dict:
         """val_f1 (and the other scores) and val_loss on the validation persons."""
-        logits, labels, val_loss = predict(self.forward, self.val_loader, self.dev, self.loss_fn)
-        return {**metrics.score(self.cfg.task, logits, labels), "val_loss": val_loss}
+        outputs, labels, val_loss = predict(self.forward, self.val_loader, self.dev, self.loss_fn)
+        if not np.array_equal(labels, self.val_labels):  # the truth below is paired with the outputs by position
+            raise RuntimeError("the validation loader did not keep the validation photos in the table's order")
+        return {**metrics.score(self.cfg, outputs, self.val_truth, self.val_ages), "val_loss": val_loss}
 
     def save(self, folder: str | Path, result: dict) -> None:
         folder = Path(folder)

@@ -54,8 +54,9 @@ def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: 
     shutil.copy2(checkpoint / "model.safetensors", out / "model.safetensors")
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     (out / "metrics.json").write_text(json.dumps({**metrics, "study": study, "checkpoint": str(checkpoint)}, indent=1))
-    classes = {"task": config.task, "classes": data.class_names(config.task, config.data.age_bounds),
-               "heads": data.heads(config.task), "age_bounds": list(config.data.age_bounds)}
+    classes = {"task": config.task, "classes": data.class_names(config.task, config.data.score_age_bounds),
+               "heads": data.heads(config.task, config.model.age_head), "age_head": config.model.age_head,
+               "age_bounds": list(config.data.age_bounds), "score_age_bounds": list(config.data.score_age_bounds)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     table = data.read_table(config.data.root, config.data.max_persons)
     train, val = data.split_persons(table, config.data)
@@ -79,7 +80,7 @@ def export_config(folder: str | Path, data_root: str | None = None) -> TrialConf
 def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
     """The config and the model of an export (on the CPU, in eval mode)."""
     config = export_config(folder)
-    model = build_model(config.model, data.num_outputs(config.task))
+    model = build_model(config.model, data.num_outputs(config.task, config.model.age_head))
     load_model(model, str(Path(folder) / "model.safetensors"))
     return config, model.eval()
 
@@ -97,8 +98,7 @@ def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: s
     parent = tracking.find_study_run(client, study)
     run_id = parent
     if parent is not None:
-        experiment = client.get_run(parent).info.experiment_id
-        found = client.search_runs([experiment], f"tags.`ray.trial_id` = '{trial_id}'", max_results=1)
+        found = tracking.trial_runs(client, parent, trial_id)
         run_id = found[0].info.run_id if found else parent
     if run_id is None:
         print(f"note: study {study!r} has no MLflow run in {uri}; the export is not logged there")

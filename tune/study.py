@@ -15,8 +15,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables import data
-from trainables.config import UserError
+from trainables import cache, data
+from trainables.config import AugmentConfig, UserError
 from trainables.models import check_backbone
 from trainables.trainable import train_trial
 from tune import space, tracking
@@ -46,9 +46,35 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
         raise UserError(f"{where}: no data folder: set data: in the file or pass --data DIR")
     table = data.read_table(study.data.root, study.data.max_persons)
     data.split_persons(table, study.data)
-    data.load_images(table["file"].tolist(), 32, None, workers=os.cpu_count() or 1, progress=True,
-                     desc="checking images")
+    files, workers = table["file"].tolist(), os.cpu_count() or 1
+    if study.data.cache:  # decode every photo once, for all trials: this checks them too
+        for size, crop in decodings(study, nodes):
+            cache.cached_images(files, size, crop, cache.cache_dir(study.data.cache_dir), study.data.root,
+                                workers=workers, progress=True)
+    else:
+        data.load_images(files, 32, None, workers=workers, progress=True, desc="checking images")
     return nodes
+
+
+def decodings(study: StudyConfig, nodes: list) -> list[tuple[int, tuple[int, int] | None]]:
+    """The (decoded size, centre crop) pairs the trials will ask the cache for, where the space lists them all.
+
+    A size searched over a range is left to the trials: the first to need a size decodes it.
+    """
+    base = study.trial_defaults()
+    values = {"model.image_size": [], "augment.center_crop": [], "augment.decode_margin": []}
+    for param in _params(nodes):
+        if param.path in values:
+            if param.kind != "choice":
+                values = {}
+                break
+            values[param.path] += param.values
+    sizes = values.get("model.image_size") or [base.model.image_size]
+    crops = values.get("augment.center_crop") or [base.augment.center_crop]
+    margins = values.get("augment.decode_margin") or [base.augment.decode_margin]
+    pairs = {(AugmentConfig(decode_margin=m).decoded_size(s), tuple(c) if c else None)
+             for s in sizes for c in crops for m in margins}
+    return sorted(pairs, key=str)
 
 
 def check_name(name: str, resume: bool) -> None:

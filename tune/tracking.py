@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from ray import tune
 from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -27,7 +27,7 @@ from trainables.metrics import per_class_report
 
 STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
-           "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age")
+           "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_age_mae")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -73,6 +73,22 @@ def find_study_run(client: MlflowClient, name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def trial_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
+    """The child runs of a study's parent run, one per Ray trial (tag ray.trial_id); only `trial_id`'s if given."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    if trial_id is not None:
+        query += f" and tags.`ray.trial_id` = '{trial_id}'"
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment], query, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def start_study_run(client: MlflowClient, name: str, resolved_yaml: str, space_lines: list[str],
                     settings: dict) -> str:
     """Create the study's parent run with the resolved YAML, the space and the searcher/scheduler settings."""
@@ -116,9 +132,7 @@ class StudyTracker(tune.Callback):
 
     def _run_of(self, trial) -> str:
         if trial.trial_id not in self.runs:
-            found = self.client.search_runs(
-                [self.client.get_run(self.parent).info.experiment_id],
-                f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`ray.trial_id` = '{trial.trial_id}'")
+            found = trial_runs(self.client, self.parent, trial.trial_id)
             if found:
                 self.runs[trial.trial_id] = found[0].info.run_id
                 self.client.update_run(found[0].info.run_id, status="RUNNING")
@@ -174,7 +188,7 @@ class StudyTracker(tune.Callback):
         if best is None:
             return
         config = resolve_trial(self.base, trial.config)
-        names = class_names(config.task, config.data.age_bounds)
+        names = class_names(config.task, config.data.score_age_bounds)
         confusion = json.loads(best.pop("confusion"))
         self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
                                                for k, v in best.items()])
