@@ -75,7 +75,7 @@ def finished_trials(tmp_path: Path, study: str) -> set[str]:
     return {r.data.tags["ray.trial_id"] for r in runs}
 
 
-def test_study_tracks_stops_early_fails_alone_and_exports(demo_data, tmp_path):
+def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp_path, capsys):
     run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
     client, parent, children = runs_of(tmp_path, "it")
     assert len(children) == 6
@@ -106,6 +106,29 @@ def test_study_tracks_stops_early_fails_alone_and_exports(demo_data, tmp_path):
 
     assert evaluate_export(out)["val_f1"] == pytest.approx(reported["val_f1"], abs=1e-9)
     assert client.get_registered_model("it").latest_versions
+
+    from tune.cli import main
+
+    capsys.readouterr()
+    assert main(["report", "it", "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "best_val_f1" in printed and "optimizer.name" in printed
+    assert parent.data.tags["tune.best_trial_id"] in printed
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"learning_curves.png", "param_importance.json", "best_trials.json", "report.md"} <= logged
+    table = artifact_json(client, parent.info.run_id, "best_trials.json", tmp_path)
+    assert table["columns"][:4] == ["trial_id", "outcome", "best_val_f1", "best_epoch"]
+    assert "optimizer.name" in table["columns"]
+    assert table["data"][0][2] == pytest.approx(best)  # ranked: the best trial first
+    assert len(table["data"]) == sum("best_val_f1" in c.data.metrics for c in children)
+    importance = artifact_json(client, parent.info.run_id, "param_importance.json", tmp_path)
+    assert importance["importances"] or importance["note"]
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert all(f"importance.{k}" in metrics for k in importance["importances"])
+
+
+def artifact_json(client: MlflowClient, run_id: str, name: str, tmp_path: Path):
+    return json.loads(Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text())
 
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, tmp_path):

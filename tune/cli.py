@@ -58,6 +58,20 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--tracking-uri")
     export.set_defaults(func=cmd_export)
 
+    report = sub.add_parser("report", help="the best trials, learning curves and parameter importance of a study, "
+                            "printed and logged to its MLflow run")
+    report.add_argument("study")
+    report.add_argument("--top", type=int, default=10, help="trials in the table of the best (default 10)")
+    report.add_argument("--metric", default="val_f1", help="the metric trials are ranked and plotted by")
+    report.add_argument("--mode", default="max", choices=["max", "min"])
+    report.add_argument("--tracking-uri")
+    report.set_defaults(func=cmd_report)
+
+    score = sub.add_parser("score", help="macro F1 of a submission (ImageID,ans) against the answers")
+    score.add_argument("submission", help="the submission CSV: ImageID,ans")
+    score.add_argument("answers", help="the answers CSV: ImageID,ans[,mask,gender,age] (eval_answers.csv)")
+    score.set_defaults(func=cmd_score)
+
     ui = sub.add_parser("ui", help="the MLflow UI over the project's store, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri")
@@ -73,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate a data set in the competition layout")
     check.add_argument("dir")
     check.set_defaults(func=cmd_data_check)
+
+    photos = sub.add_parser("cache", help="the decoded-photo cache shared by the trials on this machine")
+    photos_sub = photos.add_subparsers(dest="cache_command", required=True)
+    for name, func, text in (("ls", cmd_cache_ls, "list what it holds"), ("clear", cmd_cache_clear, "empty it")):
+        command = photos_sub.add_parser(name, help=text)
+        command.add_argument("--dir", help="the cache folder (default: $TUNE_CACHE_DIR, else ~/.cache/tune/images)")
+        command.set_defaults(func=func)
     return p
 
 
@@ -133,6 +154,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tune.report import report_study
+    from tune.tracking import tracking_uri
+
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    print(report_study(args.study, tracking_uri(args.tracking_uri), args.top, args.metric, args.mode))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from tune.score import format_score, score_submission
+
+    print(format_score(score_submission(args.submission, args.answers)))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from tune.tracking import artifact_root, tracking_uri
 
@@ -158,3 +196,24 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from tune.data_check import check_data
 
     return 2 if check_data(args.dir) else 0
+
+
+def cmd_cache_ls(args: argparse.Namespace) -> int:
+    from trainables import cache
+
+    folder = cache.cache_dir(args.dir)
+    items = cache.entries(folder)
+    for e in items:
+        crop = "x".join(map(str, e["center_crop"])) if e["center_crop"] else "none"
+        print(f"{e['key']}  {e['images']:>7} photos  {e['size']:>4} px  crop {crop:<8} {e['bytes'] / 2**20:>8.1f} MiB"
+              f"  {e['created']}  {e['data']}")
+    print(f"{len(items)} entries, {sum(e['bytes'] for e in items) / 2**20:.1f} MiB in {folder}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from trainables import cache
+
+    folder = cache.cache_dir(args.dir)
+    print(f"freed {cache.clear(folder) / 2**20:.1f} MiB in {folder}")
+    return 0
