@@ -1,9 +1,12 @@
 """Training throughput: per-sample JPEG decoding vs the decoded-photo cache vs tensors already on the device.
 
 Measures, in one run on one machine, for each model:
-  load  (a) per-sample loader images/s, loading alone (decode each drawn photo + augment, `DecodedPhotos`)
+  load  (a) per-sample loader images/s, loading alone: each drawn photo decoded whole by Pillow, cut and
+            resized (the competition's usual loader), then the same augmentations as (b)
+        (a') per-sample loader with this service's decoder (`DecodedPhotos`: JPEG draft mode, which decodes
+            at a reduced scale; what `data.cache: false` does)
         (b) cached loader images/s, loading alone (`CachedPhotos` over the memory-mapped cache)
-  train (a) training images/s fed by the per-sample loader
+  train (a) training images/s fed by the per-sample loader (a)
         (b) training images/s fed by the cached loader (the service's pipeline)
         (c) training images/s on one uint8 batch already on the device (the ceiling)
 and on a GPU the aggregate training images/s of 1, 2 and 4 concurrent trials (processes) sharing it, each
@@ -11,8 +14,8 @@ with its share of the GPU's memory, reading the same cache. The same augmentatio
 by default) run in (a) and (b); (a) and (b) use the loader workers a trial would (its CPUs - 1).
 
 Prints a table and writes benchmarks/results/throughput-<device>.json with the ratios of the first model
-as top-level keys: ratio_cached_over_per_sample (train b/a), ratio_cached_over_ceiling (train b/c), and
-ratio_cached_over_per_sample_loading (load b/a).
+as top-level keys: ratio_cached_over_per_sample (train b/a), ratio_cached_over_ceiling (train b/c),
+ratio_cached_over_per_sample_loading (load b/a) and ratio_cached_over_draft_decoding_loading (load b/a').
 
     python benchmarks/throughput.py                     # defaults for this machine (CPU or GPU)
     python benchmarks/throughput.py --models resnet18@112 --seconds 20 --data /path/to/train
@@ -35,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from trainables import cache, data  # noqa: E402
 from trainables.config import AugmentConfig, ModelConfig  # noqa: E402
-from trainables.loader import CachedPhotos, DecodedPhotos, train_loader  # noqa: E402
+from trainables.loader import CachedPhotos, DecodedPhotos, Photos, train_loader  # noqa: E402
 from trainables.loop import Device  # noqa: E402
 from trainables.models import build_model, normalization  # noqa: E402
 from trainables.transforms import train_transform  # noqa: E402
@@ -53,6 +57,19 @@ def real_faces(persons: int, out: Path) -> Path:
                     str(SHARED / "data" / "utkface-chips"), "--out", str(out), "--persons", str(persons)],
                    check=True, capture_output=True)
     return out / "train"
+
+
+class PillowPhotos(DecodedPhotos):
+    """The usual per-sample loader: decode the whole photo, cut its centre, resize (no JPEG draft mode)."""
+
+    def read(self, i: int) -> np.ndarray:
+        with Image.open(self.files[i]) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            crop_h, crop_w = self.center_crop or (h, w)
+            left, top = (w - crop_w) // 2, (h - crop_h) // 2
+            img = img.crop((left, top, left + crop_w, top + crop_h)).resize((self.size, self.size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
 
 
 class Setup:
@@ -75,10 +92,15 @@ class Setup:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
 
-    def loader(self, cached: bool):
+    def loader(self, source: str):
+        """source: cached, pillow (per sample, whole decode) or draft (per sample, the service's decoder)."""
         transform = train_transform(self.augment, self.size, seed=0)
-        dataset = (CachedPhotos(self.images, np.arange(len(self.files)), self.labels, transform) if cached else
-                   DecodedPhotos(self.files, self.size, self.augment.center_crop, self.labels, transform))
+        crop = self.augment.center_crop
+        dataset: Photos = {
+            "cached": lambda: CachedPhotos(self.images, np.arange(len(self.files)), self.labels, transform),
+            "pillow": lambda: PillowPhotos(self.files, self.size, crop, self.labels, transform),
+            "draft": lambda: DecodedPhotos(self.files, self.size, crop, self.labels, transform),
+        }[source]()
         return train_loader(dataset, self.batch, seed=0, workers=self.workers, pin_memory=self.dev.cuda)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -120,7 +142,7 @@ def rate(setup: Setup, source, train: bool, seconds: float, warmup: int) -> floa
 
 def on_device(setup: Setup):
     """The same uint8 batch, already on the device, again and again."""
-    images, labels = next(iter(setup.loader(cached=True)))
+    images, labels = next(iter(setup.loader("cached")))
     images, labels = images.to(setup.dev.device), labels.to(setup.dev.device)
     while True:
         yield images, labels
@@ -128,14 +150,16 @@ def on_device(setup: Setup):
 
 def measure(setup: Setup, seconds: float, warmup: int) -> dict:
     out = {"model": setup.spec, "batch": setup.batch, "workers": setup.workers, "cache_fill_s": setup.cache_fill_s}
-    out["load_per_sample"] = rate(setup, batches(setup.loader(False)), False, seconds, warmup)
-    out["load_cached"] = rate(setup, batches(setup.loader(True)), False, seconds, warmup)
-    out["train_per_sample"] = rate(setup, batches(setup.loader(False)), True, seconds, warmup)
-    out["train_cached"] = rate(setup, batches(setup.loader(True)), True, seconds, warmup)
+    out["load_per_sample"] = rate(setup, batches(setup.loader("pillow")), False, seconds, warmup)
+    out["load_per_sample_draft"] = rate(setup, batches(setup.loader("draft")), False, seconds, warmup)
+    out["load_cached"] = rate(setup, batches(setup.loader("cached")), False, seconds, warmup)
+    out["train_per_sample"] = rate(setup, batches(setup.loader("pillow")), True, seconds, warmup)
+    out["train_cached"] = rate(setup, batches(setup.loader("cached")), True, seconds, warmup)
     out["train_ceiling"] = rate(setup, on_device(setup), True, seconds, warmup)
     out["ratio_cached_over_per_sample"] = out["train_cached"] / out["train_per_sample"]
     out["ratio_cached_over_ceiling"] = out["train_cached"] / out["train_ceiling"]
     out["ratio_cached_over_per_sample_loading"] = out["load_cached"] / out["load_per_sample"]
+    out["ratio_cached_over_draft_decoding_loading"] = out["load_cached"] / out["load_per_sample_draft"]
     return out
 
 
@@ -143,7 +167,7 @@ def _concurrent_trial(args) -> float:
     spec, files, batch, workers, preset, folder, share, seconds, warmup, barrier = args
     torch.cuda.set_per_process_memory_fraction(0.95 * share)
     setup = Setup(spec, files, "cuda", batch, workers, preset, folder)
-    source = batches(setup.loader(cached=True))
+    source = batches(setup.loader("cached"))
     for _ in range(warmup):
         setup.step(*next(source))
     setup.sync()
@@ -176,10 +200,12 @@ def concurrent(spec: str, files: list[str], batch: int, preset: str, folder: Pat
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'model':<26}{'load a':>9}{'load b':>9}{'train a':>9}{'train b':>9}{'train c':>9}{'b/a':>7}{'b/c':>7}"
+    head = (f"{'model':<26}{'load a':>9}{'load a´':>9}{'load b':>9}{'train a':>9}{'train b':>9}{'train c':>9}"
+            f"{'b/a':>7}{'b/c':>7}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['model']:<26}{r['load_per_sample']:>9,.0f}{r['load_cached']:>9,.0f}"
+        lines.append(f"{r['model']:<26}{r['load_per_sample']:>9,.0f}{r['load_per_sample_draft']:>9,.0f}"
+                     f"{r['load_cached']:>9,.0f}"
                      f"{r['train_per_sample']:>9,.0f}{r['train_cached']:>9,.0f}{r['train_ceiling']:>9,.0f}"
                      f"{r['ratio_cached_over_per_sample']:>7.2f}{r['ratio_cached_over_ceiling']:>7.2f}")
     return "\n".join(lines)
@@ -225,8 +251,10 @@ def main() -> int:
         "ratio_cached_over_per_sample": results[0]["ratio_cached_over_per_sample"],
         "ratio_cached_over_ceiling": results[0]["ratio_cached_over_ceiling"],
         "ratio_cached_over_per_sample_loading": results[0]["ratio_cached_over_per_sample_loading"],
+        "ratio_cached_over_draft_decoding_loading": results[0]["ratio_cached_over_draft_decoding_loading"],
         "models": results, "concurrent_trials": shared,
-        "units": "images/s; load = loading alone; train a/b/c = per-sample loader / cached loader / on the device",
+        "units": "images/s; load = loading alone (a: per-sample Pillow, a': per-sample JPEG draft, b: cached); "
+                 "train a/b/c = per-sample Pillow loader / cached loader / batch already on the device",
     }
     print("\n" + table(results))
     out = Path(args.out) / f"throughput-{name}.json"

@@ -82,7 +82,7 @@ def test_cached_batches_equal_decoded_batches(demo_data, tmp_path, margin):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(ya.numpy(), yb.numpy())
     evaluation = CachedPhotos(images, index, labels, eval_transform(augment, size))
-    assert evaluation.__getitems__([0, 1])[0].shape == (2, size, size, 3)
+    assert evaluation.__getitems__((0, [0, 1]))[0].shape == (2, size, size, 3)
 
 
 def test_trial_trains_the_same_from_the_cache_and_from_the_files(demo_data, tiny_config):

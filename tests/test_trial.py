@@ -76,3 +76,14 @@ def test_training_bounds_change_the_labels_not_the_split_or_the_scoring(demo_dat
     assert (moved.train_persons, moved.val_persons) == (default.train_persons, default.val_persons)
     assert (moved.val_truth == default.val_truth).all()
     assert not (moved.train_labels == default.train_labels).all()
+
+
+def test_augmentations_do_not_depend_on_the_number_of_loader_workers(demo_data, tiny_config):
+    epochs = []
+    for workers in (0, 2):
+        trial = make(demo_data, tiny_config, augment={"preset": "heavy"}, train={"num_workers": workers})
+        trial.train_loader.batch_sampler.set_epoch(5)
+        epochs.append([images for images, _ in trial.train_loader])
+    assert len(epochs[0]) == len(epochs[1]) > 1
+    for a, b in zip(*epochs, strict=True):
+        assert (a == b).all()

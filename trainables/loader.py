@@ -4,7 +4,12 @@
 machine, never copied per trial); `DecodedPhotos` decodes each photo when it is drawn (`data.cache: false`,
 and the baseline of `benchmarks/throughput.py`). Both apply the same random augmentations per sample
 (training only) and return whole uint8 batches (`__getitems__`), which `transforms.normalize` turns into
-float on the device. With `one_image_per_person`, each epoch draws one random photo of each training person.
+float on the device.
+
+`Batches` decides each epoch's batches in the main process: the order (shuffled, or one random photo of each
+person with `one_image_per_person`) and one augmentation seed per batch, all drawn from (seed, epoch). So an
+epoch's augmentations are the same whatever the number of loader workers, in a resumed or re-run trial too,
+and the workers can stay alive from one epoch to the next (`persistent_workers`).
 """
 from __future__ import annotations
 
@@ -35,8 +40,11 @@ class Photos(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(np.array(self.image(i))), torch.as_tensor(self.labels[i])
 
-    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch at once: (B, H, W, 3) uint8 and the labels."""
+    def __getitems__(self, batch: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (its augmentation seed, its indices): (B, H, W, 3) uint8 and the labels."""
+        seed, batch = batch
+        if self.transform is not None:
+            self.transform.set_random_seed(seed)
         images = np.stack([self.image(i) for i in batch])
         return torch.from_numpy(images), torch.as_tensor(self.labels[batch])
 
@@ -51,10 +59,11 @@ class CachedPhotos(Photos):
     def read(self, i: int) -> np.ndarray:
         return self.images[self.index[i]]
 
-    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, batch: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.transform is not None:
             return super().__getitems__(batch)
-        return torch.from_numpy(self.images[self.index[batch]]), torch.as_tensor(self.labels[batch])
+        index = batch[1]
+        return torch.from_numpy(self.images[self.index[index]]), torch.as_tensor(self.labels[index])
 
 
 class DecodedPhotos(Photos):
@@ -74,43 +83,55 @@ def batch_as_is(batch):
     return batch
 
 
-class OnePerPerson(Sampler[int]):
-    """Each epoch, one random photo of every person, in random order; seeded by (seed, epoch)."""
+class Batches(Sampler[tuple[int, list[int]]]):
+    """An epoch's batches as (augmentation seed, indices), drawn from (seed, epoch) alone.
 
-    def __init__(self, persons: np.ndarray, seed: int):
-        self.groups = [np.flatnonzero(persons == p) for p in np.unique(persons)]
-        self.seed, self.epoch = seed, 0
+    shuffle: a random order each epoch; persons: one random photo of each person per epoch instead of every
+    photo; drop_last: drop a last partial batch (training), unless it would be the only one.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = False,
+                 persons: np.ndarray | None = None, drop_last: bool = False):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.groups = [np.flatnonzero(persons == p) for p in np.unique(persons)] if persons is not None else None
+        samples = len(self.groups) if self.groups is not None else n
+        self.drop_last = drop_last and samples > batch_size
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def order(self, rng: np.random.Generator) -> np.ndarray:
+        if self.groups is not None:
+            picks = np.array([rng.choice(g) for g in self.groups], dtype=np.int64)
+            return picks[rng.permutation(len(picks))]
+        return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+
     def __len__(self) -> int:
-        return len(self.groups)
+        samples = len(self.groups) if self.groups is not None else self.n
+        return samples // self.batch_size if self.drop_last else -(-samples // self.batch_size)
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
-        picks = [int(rng.choice(g)) for g in self.groups]
-        return iter([picks[i] for i in rng.permutation(len(picks))])
+        order = self.order(rng)
+        seeds = rng.integers(0, 2**32, size=len(self))
+        for b in range(len(self)):
+            yield int(seeds[b]), order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+def loader(dataset: Photos, batches: Batches, workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, collate_fn=batch_as_is)
 
 
 def train_loader(dataset: Photos, batch_size: int, seed: int, workers: int,
                  persons: np.ndarray | None = None, pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches (or one photo per person when `persons` is given); the last partial batch is dropped."""
-    sampler = OnePerPerson(persons, seed) if persons is not None else None
-    generator = torch.Generator().manual_seed(seed)
-    samples = len(sampler) if sampler is not None else len(dataset)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator, num_workers=workers, pin_memory=pin_memory,
-                      drop_last=samples > batch_size, worker_init_fn=seed_worker, collate_fn=batch_as_is)
-
-
-def seed_worker(worker_id: int) -> None:
-    """Each loader worker draws its own augmentations, seeded from the loader's generator (so by the epoch)."""
-    info = torch.utils.data.get_worker_info()
-    if info.dataset.transform is not None:
-        info.dataset.transform.set_random_seed(info.seed % 2**32)
+    """Shuffled batches (or one photo per person when `persons` is given); a last partial batch is dropped.
+    Call `loader.batch_sampler.set_epoch(epoch)` before each epoch."""
+    batches = Batches(len(dataset), batch_size, seed, shuffle=True, persons=persons, drop_last=True)
+    return loader(dataset, batches, workers, pin_memory)
 
 
 def eval_loader(dataset: Photos, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      collate_fn=batch_as_is)
+    """Every photo once, in order."""
+    return loader(dataset, Batches(len(dataset), batch_size), workers, pin_memory)

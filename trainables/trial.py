@@ -44,8 +44,10 @@ def pick_device(name: str) -> str:
 class Trial:
     """A model being trained on the person split of `cfg.data`, one `run_epoch()` at a time."""
 
-    def __init__(self, cfg: TrialConfig, cpus: int = 1, gpu_share: float = 1.0, progress: bool = False):
-        """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory."""
+    def __init__(self, cfg: TrialConfig, cpus: int = 1, gpu_share: float = 1.0, progress: bool = False,
+                 split: tuple[list[str], list[str]] | None = None):
+        """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory;
+        split: (train, validation) persons instead of the seeded split of cfg.data (no validation: [])."""
         self.cfg = cfg
         started = time.perf_counter()
         seed_everything(cfg.train.seed)
@@ -57,7 +59,8 @@ class Trial:
         workers = cfg.train.num_workers if cfg.train.num_workers is not None else max(0, cpus - 1)
 
         table = data.read_table(cfg.data.root, cfg.data.max_persons)
-        self.train_persons, self.val_persons = data.split_persons(table, cfg.data)
+        self.train_persons, self.val_persons = split or data.split_persons(table, cfg.data)
+        table = table[table["person"].isin(set(self.train_persons) | set(self.val_persons))]
         size, crop = cfg.model.image_size, cfg.augment.center_crop
         files, decoded = table["file"].tolist(), cfg.augment.decoded_size(size)
         images = None
@@ -103,11 +106,7 @@ class Trial:
     def run_epoch(self) -> dict:
         """Train one epoch, then score the validation persons. Returns this epoch's metrics."""
         start = time.perf_counter()
-        seed = self.cfg.train.seed * 10_000 + self.epoch  # each epoch's randomness depends on its number alone
-        self.train_loader.generator.manual_seed(seed)
-        self.train_loader.dataset.transform.set_random_seed(seed)
-        if hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_loader.batch_sampler.set_epoch(self.epoch)  # the epoch's batches depend on its number alone
         lr = self.lr(self.step)
         train_loss, steps, first_step_s = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer,
                                                       self.sam, self.lr, self.step, self.dev)
@@ -121,8 +120,11 @@ class Trial:
         return result
 
     def evaluate(self) -> dict:
-        """val_f1 (and the other scores) and val_loss on the validation persons."""
+        """val_f1 (and the other scores) and val_loss on the validation persons (none: {})."""
+        if not self.val_persons:
+            return {}
         outputs, labels, val_loss = predict(self.forward, self.val_loader, self.dev, self.loss_fn)
+        self.val_outputs = outputs  # for out-of-fold scores
         if not np.array_equal(labels, self.val_labels):  # the truth below is paired with the outputs by position
             raise RuntimeError("the validation loader did not keep the validation photos in the table's order")
         return {**metrics.score(self.cfg, outputs, self.val_truth, self.val_ages), "val_loss": val_loss}
