@@ -105,6 +105,11 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     from tune.export import evaluate_export
 
     assert evaluate_export(out)["val_f1"] == pytest.approx(reported["val_f1"], abs=1e-9)
+    # tune train on the export's config (same data and seed, one CPU like the trial) gives that epoch back
+    run(tmp_path, "train", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--cpus", "1")
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    history = client.get_metric_history(again["mlflow_run_id"], "val_f1")
+    assert [m.value for m in history if m.step == reported["epoch"]] == [reported["val_f1"]]
     assert client.get_registered_model("it").latest_versions
 
     from tune.cli import main

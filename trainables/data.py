@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm import tqdm
 
 from trainables.config import DataConfig, UserError
@@ -163,6 +163,22 @@ def split_persons(table: pd.DataFrame, cfg: DataConfig) -> tuple[list[str], list
     train, val = train_test_split(persons["person"].to_numpy(), test_size=n_val, random_state=cfg.split_seed,
                                   stratify=strata)
     return sorted(train), sorted(val)
+
+
+def fold_persons(table: pd.DataFrame, cfg: DataConfig, folds: int) -> list[tuple[list[str], list[str]]]:
+    """K (train, validation) splits of the persons, each person validated exactly once; seeded by split_seed and
+    stratified like `split_persons` (by gender alone, or not at all, when a stratum has fewer than K persons)."""
+    persons = table.drop_duplicates("person")
+    if not 2 <= folds <= len(persons):
+        raise UserError(f"--folds must be between 2 and the number of persons ({len(persons)}), got {folds}")
+    strata = persons["gender"].to_numpy() * 3 + age_band(persons["age"].to_numpy(), cfg.score_age_bounds)
+    if np.bincount(strata)[np.bincount(strata) > 0].min() < folds:
+        strata = persons["gender"].to_numpy()
+        if np.bincount(strata).min() < folds:
+            strata = np.zeros(len(persons), int)
+    ids = persons["person"].to_numpy()
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=cfg.split_seed)
+    return [(sorted(ids[a]), sorted(ids[b])) for a, b in splitter.split(ids, strata)]
 
 
 def targets(table: pd.DataFrame, task: str, bounds: tuple[int, int], age_head: str = "classify") -> np.ndarray:

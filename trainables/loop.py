@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from trainables.optim import SAM
 from trainables.transforms import normalize
@@ -63,14 +64,18 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Module | None = None
-            ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits (float32) and labels of every sample in loader order, and the mean loss when loss_fn is given."""
+def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Module | None = None,
+            flip: bool = False, progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Outputs (float32) and labels of every sample in loader order, and the mean loss when loss_fn is given.
+    flip: average the outputs of each photo and its mirror image (test-time augmentation)."""
     model.eval()
     outputs, labels, loss_sum = [], [], 0.0
-    for images, y in loader:
+    for images, y in tqdm(loader, desc="predicting", unit="batch", disable=not progress, mininterval=2.0):
+        x = dev.batch(images)
         with dev.autocast():
-            logits = model(dev.batch(images)).float()
+            logits = model(x).float()
+            if flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
         if loss_fn is not None:
             loss_sum += loss_fn(logits, y.to(dev.device)).item() * len(y)
         outputs.append(logits.cpu().numpy())

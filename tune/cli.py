@@ -67,6 +67,43 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri")
     report.set_defaults(func=cmd_report)
 
+    train = sub.add_parser("train", help="train one configuration without a search (a study's fixed values or an "
+                           "export's config.yaml); writes an export")
+    train.add_argument("config", help="a study YAML (its space is not searched) or an export's config.yaml")
+    train.add_argument("--data", help="the competition's train/ folder (overrides data.root)")
+    train.add_argument("--epochs", type=int, help="train.epochs")
+    how = train.add_mutually_exclusive_group()
+    how.add_argument("--full", action="store_true", help="train on every person, no validation (the final model)")
+    how.add_argument("--folds", type=int, metavar="K", help="K models on person-stratified folds; out-of-fold F1")
+    train.add_argument("--out", help="the export folder (default: exports/CONFIG-KIND-TIME)")
+    train.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU threads and loader workers")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    train.add_argument("--experiment", default="train", help="the MLflow experiment (default: train)")
+    train.add_argument("--tracking-uri")
+    train.set_defaults(func=cmd_train)
+
+    for name, func, text in (
+        ("predict", cmd_predict, "predict an eval set (info.csv) with one or more exports; writes ImageID,ans"),
+        ("evaluate", cmd_evaluate, "score exports together on labeled persons no model trained on"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--model", action="append", required=True, metavar="DIR",
+                             help="an export folder (repeatable: one per task, or several to ensemble)")
+        command.add_argument("--data", required=True,
+                             help="the eval/ folder (info.csv, images/)" if name == "predict" else "a train/ folder")
+        command.add_argument("--tta", choices=["none", "flip"], default="none", help="average with the mirror image")
+        command.add_argument("--vote", choices=["soft", "hard"], default="soft",
+                             help="per task: average the probabilities (soft) or count the predicted classes")
+        command.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        command.add_argument("--batch-size", type=int, default=128)
+        command.set_defaults(func=func)
+        if name == "predict":
+            command.add_argument("--out", default="submission.csv")
+        else:
+            command.add_argument("--persons", choices=["val", "all"], default="val",
+                                 help="val: the models' validation persons; all: every person (none may be seen)")
+            command.add_argument("--tracking-uri")
+
     score = sub.add_parser("score", help="macro F1 of a submission (ImageID,ans) against the answers")
     score.add_argument("submission", help="the submission CSV: ImageID,ans")
     score.add_argument("answers", help="the answers CSV: ImageID,ans[,mask,gender,age] (eval_answers.csv)")
@@ -161,6 +198,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     print(report_study(args.study, tracking_uri(args.tracking_uri), args.top, args.metric, args.mode))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tune.config import load_study, parse_value
+    from tune.tracking import tracking_uri
+    from tune.train import default_out, train
+
+    values = {key.strip(): parse_value(value) for key, _, value in (item.partition("=") for item in args.set)}
+    values.update({k: v for k, v in {"data.root": args.data, "train.epochs": args.epochs}.items() if v is not None})
+    study = load_study(args.config, values)
+    if study.space:
+        print(f"note: {args.config} has a search space; tune train trains its fixed values and ignores the space")
+    if not study.data.root:
+        raise UserError(f"{args.config}: no data folder: set data: in the file or pass --data DIR")
+    out = Path(args.out) if args.out else default_out(args.config, args.full, args.folds)
+    summary = train(study.trial_defaults(), out, tracking_uri(args.tracking_uri), args.experiment, args.full,
+                    args.folds, args.cpus)
+    print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tune.predict import predict_submission
+
+    info = predict_submission(args.model, args.data, args.out, args.device, args.batch_size, args.tta == "flip",
+                              args.vote)
+    print(f"wrote {args.out}: {len(info)} predictions")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tune.predict import evaluate
+    from tune.tracking import tracking_uri
+
+    evaluate(args.model, args.data, args.persons, args.device, args.batch_size, args.tta == "flip", args.vote,
+             tracking_uri(args.tracking_uri))
     return 0
 
 

@@ -52,17 +52,28 @@ def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: 
     trial_id = metrics.get("ray_trial_id", "")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(checkpoint / "model.safetensors", out / "model.safetensors")
+    table = data.read_table(config.data.root, config.data.max_persons)
+    write_export(out, config, {**metrics, "study": study, "checkpoint": str(checkpoint)},
+                 data.split_persons(table, config.data))
+    log_export(study, out, config, uri, trial_id)
+    return metrics
+
+
+def write_export(out: Path, config: TrialConfig, metrics: dict, split: tuple[list[str], list[str]]) -> None:
+    """An export's files besides its weights: config.yaml, metrics.json, classes.json, split.json."""
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    (out / "metrics.json").write_text(json.dumps({**metrics, "study": study, "checkpoint": str(checkpoint)}, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     classes = {"task": config.task, "classes": data.class_names(config.task, config.data.score_age_bounds),
                "heads": data.heads(config.task, config.model.age_head), "age_head": config.model.age_head,
                "age_bounds": list(config.data.age_bounds), "score_age_bounds": list(config.data.score_age_bounds)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
-    table = data.read_table(config.data.root, config.data.max_persons)
-    train, val = data.split_persons(table, config.data)
-    (out / "split.json").write_text(json.dumps({"train": train, "val": val}))
-    log_export(study, out, config, uri, trial_id)
-    return metrics
+    (out / "split.json").write_text(json.dumps({"train": list(split[0]), "val": list(split[1])}))
+
+
+def export_split(folder: str | Path) -> tuple[list[str], list[str]]:
+    """The (train, validation) persons an export was trained and validated on."""
+    split = json.loads((Path(folder) / "split.json").read_text())
+    return split["train"], split["val"]
 
 
 def export_config(folder: str | Path, data_root: str | None = None) -> TrialConfig:

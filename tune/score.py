@@ -65,7 +65,11 @@ def score_submission(submission: str | Path, answers: str | Path) -> dict[str, f
     if len(extra):
         raise UserError(f"{submission}: {len(extra)} ImageID(s) are not in the answers, e.g. {_some(extra)}")
     pred = sub.set_index("ImageID")["ans"].reindex(truth["ImageID"]).to_numpy()
-    true = truth["ans"].to_numpy()
+    return scores(truth["ans"].to_numpy(), pred)
+
+
+def scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """The scores of 18-class predictions (also used by `tune evaluate`)."""
     out = {"images": len(true), "f1": _macro_f1(true, pred), "acc": float((true == pred).mean())}
     for task, t, p in zip(TASKS, decompose18(true), decompose18(pred), strict=True):
         out[f"f1_{task}"] = _macro_f1(t, p)

@@ -1,0 +1,129 @@
+"""tune train (split, --full, --folds), tune predict and tune evaluate on real faces, tune score on the result."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import tiny
+from tune.cli import main
+from tune.predict import vote
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+def config_file(folder, task, data, **sections) -> str:
+    cfg = tiny(task=task, data={"root": str(data)}, train={"epochs": 1, "batch_size": 32}, **sections)
+    path = folder / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exports(faces_data, store, tmp_path_factory) -> dict[str, str]:
+    """One export per task (and an 18-class one) trained on the real faces' seeded split."""
+    folder = tmp_path_factory.mktemp("exports")
+    out = {}
+    for task in ("mask", "gender", "age", "all"):
+        out[task] = str(folder / task)
+        assert main(["train", config_file(folder, task, faces_data / "train"), "--out", out[task], "--cpus", "1",
+                     "--tracking-uri", store]) == 0
+    return out
+
+
+def test_train_writes_an_export_and_reproduces_its_own_val_f1(exports, store, tmp_path):
+    folder = Path(exports["age"])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"model.safetensors", "config.yaml", "classes.json", "split.json"} <= {p.name for p in folder.iterdir()}
+    again = tmp_path / "again"
+    assert main(["train", f"{exports['age']}/config.yaml", "--out", str(again), "--cpus", "1",
+                 "--tracking-uri", store]) == 0
+    assert json.loads((again / "metrics.json").read_text())["val_f1"] == metrics["val_f1"]
+    run = MlflowClient(store).get_run(metrics["mlflow_run_id"])
+    assert run.data.metrics["val_f1"] == metrics["val_f1"] and run.data.params["task"] == "age"
+
+
+def test_predict_composes_three_task_models_and_scores(exports, faces_data, tmp_path, capsys):
+    submission = tmp_path / "submission.csv"
+    models = [a for task in ("mask", "gender", "age") for a in ("--model", exports[task])]
+    assert main(["predict", *models, "--data", str(faces_data / "eval"), "--out", str(submission)]) == 0
+    info = pd.read_csv(faces_data / "eval" / "info.csv")
+    written = pd.read_csv(submission)
+    assert list(written.columns) == ["ImageID", "ans"] and written["ImageID"].tolist() == info["ImageID"].tolist()
+    assert written["ans"].between(0, 17).all() and written["ans"].nunique() > 1
+    capsys.readouterr()
+    assert main(["score", str(submission), str(faces_data / "eval_answers.csv")]) == 0
+    assert "macro F1, 18 classes" in capsys.readouterr().out
+    flipped = tmp_path / "flipped.csv"
+    assert main(["predict", "--model", exports["all"], "--model", exports["mask"], "--data", str(faces_data / "eval"),
+                 "--out", str(flipped), "--tta", "flip", "--vote", "hard"]) == 0
+    assert len(pd.read_csv(flipped)) == len(info)
+
+
+def test_evaluate_scores_the_validation_persons_and_logs(exports, faces_data, store, capsys):
+    models = [a for task in ("mask", "gender", "age") for a in ("--model", exports[task])]
+    assert main(["evaluate", *models, "--data", str(faces_data / "train"), "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    val = json.loads(Path(exports["age"], "split.json").read_text())["val"]
+    assert f"{len(val)} persons (val)" in out and "macro F1, 18 classes" in out
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("evaluate").experiment_id], max_results=1)
+    assert 0 <= run.data.metrics["f1"] <= 1
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"confusion_matrix.png", "per_class_report.json"}
+    # an all model alone scores the same as its own validation macro F1 on 18 classes (same persons, same reading)
+    assert main(["evaluate", "--model", exports["all"], "--data", str(faces_data / "train")]) == 0
+    printed = capsys.readouterr().out
+    f1 = float(next(line.split()[-1] for line in printed.splitlines() if line.startswith("macro F1, 18")))
+    reported = json.loads(Path(exports["all"], "metrics.json").read_text())["val_f1"]
+    assert f1 >= reported - 1e-9  # the scorer skips classes absent from both sides; val_f1 counts them as 0
+
+
+def test_user_mistakes_end_in_one_line(exports, faces_data, tmp_path, capsys):
+    eval_dir = faces_data / "eval"
+    assert main(["predict", "--model", exports["mask"], "--data", str(eval_dir)]) == 2
+    assert "do not cover gender and age" in capsys.readouterr().err
+    assert main(["evaluate", "--model", exports["all"], "--data", str(faces_data / "train"), "--persons", "all"]) == 2
+    assert "trained on" in capsys.readouterr().err
+    bad = tmp_path / "eval"
+    (bad / "images").mkdir(parents=True)
+    (bad / "info.csv").write_text("id,ans\n1,0\n")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    assert "no ImageID column" in capsys.readouterr().err
+    (bad / "info.csv").write_text("ImageID,ans\na.jpg,0\nb.jpg,0\n")
+    (bad / "images" / "a.jpg").write_bytes(b"not a jpeg")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    assert "1 image(s)" in capsys.readouterr().err
+    (bad / "images" / "b.jpg").write_bytes(b"not a jpeg either")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path), "--data", str(eval_dir)]) == 2
+    assert "is not an export" in capsys.readouterr().err
+
+
+def test_full_and_folds(demo_data, store, tmp_path, capsys):
+    config = config_file(tmp_path, "all", demo_data)
+    assert main(["train", config, "--full", "--out", str(tmp_path / "full"), "--tracking-uri", store]) == 0
+    split = json.loads((tmp_path / "full" / "split.json").read_text())
+    assert split["val"] == [] and len(split["train"]) == 60
+    assert "val_f1" not in json.loads((tmp_path / "full" / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["train", config, "--folds", "3", "--out", str(tmp_path / "folds"), "--tracking-uri", store]) == 0
+    assert "oof_f1" in capsys.readouterr().out
+    vals = [json.loads((tmp_path / "folds" / f"fold-{k}" / "split.json").read_text())["val"] for k in range(3)]
+    assert sorted(p for v in vals for p in v) == sorted(split["train"])  # each person validated exactly once
+    assert main(["train", config, "--folds", "1"]) == 2
+
+
+def test_soft_and_hard_votes():
+    a = {"mask": np.array([[0.6, 0.3, 0.1]]), "gender": np.array([[0.9, 0.1]]), "age": np.array([[0.5, 0.4, 0.1]])}
+    b = {"mask": np.array([[0.0, 0.9, 0.1]])}
+    c = {"mask": np.array([[0.55, 0.45, 0.0]])}
+    assert vote([a, b, c], "soft")["mask"].argmax() == 1  # mean 0.38 / 0.55
+    assert vote([a, b, c], "hard")["mask"].argmax() == 0  # two votes to one
+    np.testing.assert_allclose(vote([a, b], "soft")["gender"], a["gender"])
