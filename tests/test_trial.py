@@ -87,3 +87,10 @@ def test_augmentations_do_not_depend_on_the_number_of_loader_workers(demo_data, 
     assert len(epochs[0]) == len(epochs[1]) > 1
     for a, b in zip(*epochs, strict=True):
         assert (a == b).all()
+
+
+def test_first_epoch_reports_where_the_start_up_went(demo_data, tiny_config):
+    trial = make(demo_data, tiny_config)
+    first, second = trial.run_epoch(), trial.run_epoch()
+    assert all(first[k] > 0 for k in ("startup_data_s", "startup_model_s", "first_step_s"))
+    assert "startup_data_s" not in second

@@ -28,6 +28,7 @@ from trainables.metrics import per_class_report
 STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
            "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_age_mae")
+STARTUP = ("startup_data_s", "startup_model_s", "first_step_s")  # with a trial's first epoch in its process
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -155,7 +156,7 @@ class StudyTracker(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_of(trial)
         step, now = int(result["epoch"]), int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in METRICS if k in result]
+        metrics = [Metric(k, float(result[k]), now, step) for k in (*METRICS, *STARTUP) if k in result]
         self.client.log_batch(run_id, metrics=metrics)
         best = self.best.get(trial.trial_id)
         value = result[self.metric]
