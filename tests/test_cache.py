@@ -93,3 +93,18 @@ def test_trial_trains_the_same_from_the_cache_and_from_the_files(demo_data, tiny
         result = Trial(cfg).run_epoch()
         results.append({k: v for k, v in result.items() if not k.endswith("_s")})
     assert json.dumps(results[0], sort_keys=True) == json.dumps(results[1], sort_keys=True)
+
+
+def test_study_fills_the_cache_for_every_size_its_space_lists(demo_data, tmp_path):
+    from tune import space, study
+    from tune.config import StudyConfig
+
+    def pairs(space_yaml: dict) -> list:
+        cfg = StudyConfig.model_validate({"name": "s", "data": str(demo_data), "model": {"image_size": 40},
+                                         "augment": {"center_crop": None}, "space": space_yaml})
+        return study.decodings(cfg, space.parse_space(cfg.space, cfg.trial_base(), "s.yaml"))
+
+    assert pairs({}) == [(40, None)]
+    assert pairs({"model.image_size": {"choice": [32, 48]}, "augment.decode_margin": {"choice": [0.0, 0.25]}}) == [
+        (32, None), (40, None), (48, None), (60, None)]
+    assert pairs({"model.image_size": {"int": [32, 64]}}) == [(40, None)]  # a range: the trials fill their own
