@@ -53,16 +53,18 @@ def test_changed_data_gets_a_new_entry_and_the_stale_one_goes(demo_data, tmp_pat
     os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the photo was replaced
     cache.cached_images(files, 16, None, tmp_path, str(demo_data))
     cache.cached_images(files, 20, None, tmp_path, str(demo_data))  # another size is another entry
+    cache.cached_images(files[:7], 16, None, tmp_path, str(demo_data))  # a subset (say evaluate's) is no stale copy
     keys = {e["key"] for e in cache.entries(tmp_path)}
-    assert old not in keys and len(keys) == 2 and cache.fingerprint(files, 16, None) in keys
+    assert old not in keys and len(keys) == 3 and cache.fingerprint(files, 16, None) in keys
 
 
 def test_cache_ls_and_clear(demo_data, tmp_path, capsys):
     cache.cached_images(files_of(demo_data), 16, None, tmp_path, str(demo_data))
     assert main(["cache", "ls", "--dir", str(tmp_path)]) == 0
     assert "1 entries" in capsys.readouterr().out
+    (tmp_path / "notes.json").write_text("{}")  # not the cache's: left alone
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
-    assert cache.entries(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    assert cache.entries(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["notes.json"]
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.25])
@@ -108,3 +110,18 @@ def test_study_fills_the_cache_for_every_size_its_space_lists(demo_data, tmp_pat
     assert pairs({"model.image_size": {"choice": [32, 48]}, "augment.decode_margin": {"choice": [0.0, 0.25]}}) == [
         (32, None), (40, None), (48, None), (60, None)]
     assert pairs({"model.image_size": {"int": [32, 64]}}) == [(40, None)]  # a range: the trials fill their own
+
+
+def test_each_augmentation_draws_independently_of_the_others():
+    import albumentations as A
+
+    from trainables.transforms import reseed
+
+    pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.ToGray(p=0.1)], save_applied_params=True)
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    both = 0
+    for seed in range(2000):
+        reseed(pipeline, seed)
+        applied = {name for name, _ in pipeline(image=image)["applied_transforms"]}
+        both += applied >= {"HorizontalFlip", "ToGray"}
+    assert 0.03 < both / 2000 < 0.08  # 0.5 * 0.1 when independent; 0.1 when seeded alike

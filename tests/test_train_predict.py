@@ -102,6 +102,13 @@ def test_user_mistakes_end_in_one_line(exports, faces_data, tmp_path, capsys):
     (bad / "images" / "b.jpg").write_bytes(b"not a jpeg either")
     assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
     assert "cannot read image" in capsys.readouterr().err
+    (bad / "info.csv").write_text("ImageID,ans\n")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    assert "no rows" in capsys.readouterr().err
+    (bad / "info.csv").write_text("ImageID,ans\n,0\n")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    assert "empty ImageID" in capsys.readouterr().err
+    assert main(["predict", "--model", exports["all"], "--data", str(eval_dir), "--batch-size", "0"]) == 2
     assert main(["predict", "--model", str(tmp_path), "--data", str(eval_dir)]) == 2
     assert "is not an export" in capsys.readouterr().err
 
@@ -113,11 +120,18 @@ def test_full_and_folds(demo_data, store, tmp_path, capsys):
     assert split["val"] == [] and len(split["train"]) == 60
     assert "val_f1" not in json.loads((tmp_path / "full" / "metrics.json").read_text())
     capsys.readouterr()
-    assert main(["train", config, "--folds", "3", "--out", str(tmp_path / "folds"), "--tracking-uri", store]) == 0
+    multi = config_file(tmp_path, "multi", demo_data)  # three heads: out-of-fold scores over the composed classes
+    assert main(["train", multi, "--folds", "3", "--out", str(tmp_path / "folds"), "--tracking-uri", store]) == 0
     assert "oof_f1" in capsys.readouterr().out
     vals = [json.loads((tmp_path / "folds" / f"fold-{k}" / "split.json").read_text())["val"] for k in range(3)]
     assert sorted(p for v in vals for p in v) == sorted(split["train"])  # each person validated exactly once
-    assert main(["train", config, "--folds", "1"]) == 2
+    for wrong in (["--folds", "1"], ["--folds", "0"]):
+        assert main(["train", config, *wrong, "--out", str(tmp_path / "x"), "--tracking-uri", store]) == 2
+    assert main(["train", config, "--out", str(tmp_path / "full"), "--tracking-uri", store]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 def test_soft_and_hard_votes():

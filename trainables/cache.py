@@ -21,16 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import PIL
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from trainables.config import UserError
 from trainables.data import decode_into
 
 VERSION = 1  # bump when the decoding changes what a cached photo holds
+KEY = re.compile(r"^[0-9a-f]{24}\.")  # the cache's own files: <key>.npy, .json, .partial.npy, .lock
 FILLED: list[str] = []  # the keys this process decoded (the others it found, or waited for)
 
 
@@ -39,12 +43,12 @@ def cache_dir(configured: str | None = None) -> Path:
     return Path(folder).expanduser()
 
 
-def fingerprint(files: list[str], size: int, center_crop: tuple[int, int] | None) -> str:
-    """A key for these files as they are on disk now, decoded this way."""
+def fingerprint(files: list[str], size: int, center_crop: tuple[int, int] | None, contents: bool = True) -> str:
+    """A key for these files as they are on disk now (contents=False: whatever they hold), decoded this way."""
     h = hashlib.sha256(json.dumps([VERSION, PIL.__version__, size, center_crop]).encode())
     for file in files:
-        st = os.stat(file)
-        h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = os.stat(file) if contents else None
+        h.update((f"{file}\0{st.st_size}\0{st.st_mtime_ns}\n" if st else f"{file}\n").encode())
     return h.hexdigest()[:24]
 
 
@@ -64,6 +68,12 @@ def cached_images(files: list[str], size: int, center_crop: tuple[int, int] | No
 def _fill(path: Path, files: list[str], size: int, center_crop: tuple[int, int] | None, data_root: str,
           workers: int, progress: bool) -> None:
     partial = path.with_suffix(".partial.npy")
+    needed = len(files) * size * size * 3
+    free = shutil.disk_usage(path.parent).free
+    if free < needed * 1.02:
+        raise UserError(f"the photo cache needs {needed / 2**30:.1f} GiB in {path.parent}, which has "
+                        f"{free / 2**30:.1f} GiB free: set data.cache_dir or $TUNE_CACHE_DIR to a larger disk, "
+                        "or data.cache: false")
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
     try:
         decode_into(out, files, size, center_crop, workers, progress, desc=f"caching images at {size} px")
@@ -73,11 +83,12 @@ def _fill(path: Path, files: list[str], size: int, center_crop: tuple[int, int] 
         partial.unlink(missing_ok=True)
         raise
     del out
-    info = {"data": str(data_root), "images": len(files),
+    info = {"data": str(data_root), "files": fingerprint(files, size, center_crop, contents=False),
+            "images": len(files),
             "size": size, "center_crop": list(center_crop) if center_crop else None,
             "bytes": partial.stat().st_size, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for stale in entries(path.parent):  # the same data and preprocessing, from before the data changed
-        if (stale["data"], stale["size"], stale["center_crop"]) == (info["data"], size, info["center_crop"]):
+    for stale in entries(path.parent):  # the same files and preprocessing, from before a file changed
+        if stale.get("files") == info["files"]:
             remove(path.parent, stale["key"])
     path.with_suffix(".json").write_text(json.dumps(info, indent=1))
     os.replace(partial, path)
@@ -99,10 +110,17 @@ def remove(folder: Path, key: str) -> None:
 
 
 def clear(folder: Path) -> int:
-    """Remove every entry; returns the bytes freed."""
+    """Remove every entry but those being filled now (other files in the folder are left alone); returns the
+    bytes freed."""
     freed = 0
-    for path in folder.glob("*.npy") if folder.is_dir() else []:
-        freed += path.stat().st_size
-    for entry in {p.name.split(".")[0] for p in folder.iterdir()} if folder.is_dir() else set():
-        remove(folder, entry)
+    keys = {p.name[:24] for p in folder.iterdir() if KEY.match(p.name)} if folder.is_dir() else set()
+    for key in sorted(keys):
+        try:
+            with FileLock(str(folder / f"{key}.lock"), timeout=0):
+                freed += sum(p.stat().st_size for p in folder.glob(f"{key}.*npy"))
+                for suffix in (".npy", ".json", ".partial.npy"):
+                    (folder / f"{key}{suffix}").unlink(missing_ok=True)
+        except Timeout:
+            continue  # another process is filling it
+        (folder / f"{key}.lock").unlink(missing_ok=True)
     return freed

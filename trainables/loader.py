@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainables.data import load_image
+from trainables.transforms import reseed
 
 
 class Photos(Dataset):
@@ -44,7 +45,7 @@ class Photos(Dataset):
         """A whole batch (its augmentation seed, its indices): (B, H, W, 3) uint8 and the labels."""
         seed, batch = batch
         if self.transform is not None:
-            self.transform.set_random_seed(seed)
+            reseed(self.transform, seed)
         images = np.stack([self.image(i) for i in batch])
         return torch.from_numpy(images), torch.as_tensor(self.labels[batch])
 

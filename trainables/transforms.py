@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
 import albumentations as A
+import numpy as np
 import torch
 
 from trainables.config import AugmentConfig
@@ -37,6 +38,15 @@ def train_transform(cfg: AugmentConfig, size: int, seed: int) -> A.Compose:
     if cfg.grid_dropout > 0:
         ops.append(A.GridDropout(ratio=0.3, p=cfg.grid_dropout))
     return A.Compose(ops, seed=seed)
+
+
+def reseed(transform: A.Compose, seed: int) -> None:
+    """Seed a pipeline so that each of its transforms draws from a stream of its own (albumentations seeds them
+    all alike, so their draws would move in lockstep: no ToGray without a flip, Sharpen with GridDropout)."""
+    transform.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).generate_state(len(transform.transforms))
+    for op, stream in zip(transform.transforms, streams, strict=True):
+        op.set_random_seed(int(stream))
 
 
 def eval_transform(cfg: AugmentConfig, size: int) -> A.Compose | None:

@@ -223,6 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tune.predict import predict_submission
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+
     info = predict_submission(args.model, args.data, args.out, args.device, args.batch_size, args.tta == "flip",
                               args.vote)
     print(f"wrote {args.out}: {len(info)} predictions")
@@ -232,6 +235,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tune.predict import evaluate
     from tune.tracking import tracking_uri
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
     evaluate(args.model, args.data, args.persons, args.device, args.batch_size, args.tta == "flip", args.vote,
              tracking_uri(args.tracking_uri))

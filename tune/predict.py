@@ -3,9 +3,10 @@
 
 The models may be one 18-class (`all`) or `multi` export, or any mix of mask, gender and age exports, several
 per task. Each model's outputs are read as per-task probabilities in the competition's classes
-(`trainables.outputs.task_probabilities`), optionally averaged with those of the mirrored photo (`--tta
-flip`); per task, the models' probabilities are averaged (`--vote soft`) or their predicted classes counted
-(`--vote hard`, ties to the higher mean probability); the three tasks' classes compose the 18-class id.
+(`trainables.outputs.task_probabilities`); with `--tta flip` the model's raw outputs of the photo and of its
+mirror image are averaged first; per task, the models' probabilities are averaged (`--vote soft`) or their
+predicted classes counted (`--vote hard`, ties to the higher mean probability); the three tasks' classes
+compose the 18-class id.
 Photos are decoded through the same cache as training (`trainables.cache`), at each model's own size.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from trainables import cache, data, outputs
 from trainables.config import DataConfig, TrialConfig, UserError
-from trainables.loader import CachedPhotos, eval_loader
+from trainables.loader import CachedPhotos, DecodedPhotos, eval_loader
 from trainables.loop import Device, predict
 from trainables.metrics import per_class_report
 from trainables.models import normalization
@@ -59,15 +60,19 @@ def probabilities(model: Model, files: list[str], source: str, device: str, batc
                   progress: bool) -> dict[str, np.ndarray]:
     """One model's per-task probabilities of the photos, in order."""
     cfg, size = model.cfg, model.cfg.model.image_size
-    workers = os.cpu_count() or 1
-    images = cache.cached_images(files, cfg.augment.decoded_size(size), cfg.augment.center_crop, cache.cache_dir(),
-                                 source, workers=workers, progress=progress)
+    decoded, crop = cfg.augment.decoded_size(size), cfg.augment.center_crop
+    workers = len(os.sched_getaffinity(0))
+    index, no_labels = np.arange(len(files)), np.zeros(len(files), np.int64)
+    if cfg.data.cache:
+        images = cache.cached_images(files, decoded, crop, cache.cache_dir(cfg.data.cache_dir), source,
+                                     workers=workers, progress=progress)
+        photos = CachedPhotos(images, index, no_labels, eval_transform(cfg.augment, size))
+    else:
+        photos = DecodedPhotos(files, decoded, crop, no_labels, eval_transform(cfg.augment, size))
     dev = Device(device, *normalization(model.net), channels_last=cfg.model.channels_last)
     net = model.net.to(dev.device)
     if dev.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    index, no_labels = np.arange(len(files)), np.zeros(len(files), np.int64)
-    photos = CachedPhotos(images, index, no_labels, eval_transform(cfg.augment, size))
     raw, _, _ = predict(net, eval_loader(photos, batch, max(0, workers - 1), dev.cuda), dev, flip=flip,
                         progress=progress)
     return outputs.task_probabilities(cfg, raw)
@@ -107,11 +112,16 @@ def eval_files(eval_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if not info_csv.is_file():
         raise UserError(f"no info.csv in {folder} (expected the competition's eval/ folder)")
     try:
-        info = pd.read_csv(info_csv, dtype={"ImageID": str})
+        info = pd.read_csv(info_csv, dtype={"ImageID": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{info_csv}: not a readable CSV ({str(e).splitlines()[0]})") from None
     if "ImageID" not in info.columns:
         raise UserError(f"{info_csv}: no ImageID column (has: {', '.join(map(str, info.columns))})")
+    if info.empty:
+        raise UserError(f"{info_csv}: no rows")
+    if (info["ImageID"].str.strip() == "").any():
+        raise UserError(f"{info_csv}, line {int((info['ImageID'].str.strip() == '').to_numpy().argmax()) + 2}: "
+                        "empty ImageID")
     files = [str(folder / "images" / name) for name in info["ImageID"]]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:

@@ -2,7 +2,8 @@
 
     tune train CONFIG.yaml                the seeded person split; keeps the best epoch (by val_f1)
     tune train CONFIG.yaml --full         every person, no validation: the final model (its last epoch)
-    tune train CONFIG.yaml --folds K      K models on person-stratified folds, and their out-of-fold macro F1
+    tune train CONFIG.yaml --folds K      K models on person-stratified folds (each keeps its last epoch), and
+                                          their out-of-fold macro F1
 
 Each model is written as an export (the same files as `tune export`), so `tune predict` and `tune evaluate`
 take it, and tracked in MLflow (experiment `train`, or `--experiment`): a run per model with its config as
@@ -18,7 +19,7 @@ import numpy as np
 from safetensors.torch import save_model
 
 from trainables import data, metrics, outputs
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 from tune import tracking
 from tune.export import write_export
@@ -27,60 +28,74 @@ METRIC = "val_f1"
 
 
 def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, split=None, parent: str | None = None,
-              name: str | None = None) -> tuple[dict, Trial]:
-    """Train `cfg` (on `split` when given) into the export folder `out`; returns the kept epoch's metrics."""
+              name: str | None = None, keep: str = "best") -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
+    """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
+    its last: keep="last", and always without validation). Returns the kept epoch's metrics and, with
+    validation, (truth, predicted classes) of the validation photos at that epoch."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
     run_id = run.info.run_id
     tracking.log_params(client, run_id, tracking.flatten(cfg.model_dump(mode="json")))
-    trial = Trial(cfg, cpus=cpus, progress=True, split=split)
-    out.mkdir(parents=True, exist_ok=True)
-    kept, kept_outputs = None, None
+    kept, predicted = None, None
     try:
+        trial = Trial(cfg, cpus=cpus, progress=True, split=split)
+        out.mkdir(parents=True, exist_ok=True)
         while trial.epoch < cfg.train.epochs:
             result = trial.run_epoch()
-            numbers = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
-            for key, value in numbers.items():
-                client.log_metric(run_id, key, value, step=trial.epoch)
+            for key, value in result.items():
+                if isinstance(value, (int, float)):
+                    client.log_metric(run_id, key, float(value), step=trial.epoch)
             shown = f"val_f1 {result[METRIC]:.4f}" if METRIC in result else "no validation"
             print(f"epoch {trial.epoch}/{cfg.train.epochs}: train_loss {result['train_loss']:.4f}, {shown} "
                   f"({result['epoch_time_s']:.0f} s)", flush=True)
-            if kept is None or METRIC not in result or result[METRIC] > kept[METRIC]:
-                kept, kept_outputs = result, getattr(trial, "val_outputs", None)
+            if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
+                kept = result
+                if METRIC in result:
+                    probabilities = outputs.task_probabilities(cfg, trial.val_outputs)
+                    predicted = outputs.predicted_classes(cfg.task, probabilities)
                 save_model(trial.model, str(out / "model.safetensors"))
+        kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
+        write_export(out, cfg, kept, (trial.train_persons, trial.val_persons))
+        truth = trial.val_truth if cfg.task != "multi" else data.compose18(*trial.val_truth.T)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    kept = {**kept, "trained_by": "tune train", "mlflow_run_id": run_id}
-    write_export(out, cfg, kept, (trial.train_persons, trial.val_persons))
     client.log_artifacts(run_id, str(out), "export")
     client.set_terminated(run_id, "FINISHED")
-    trial.val_outputs = kept_outputs
-    return kept, trial
+    return kept, (truth, predicted) if predicted is not None else None
 
 
 def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full: bool = False,
           folds: int | None = None, cpus: int = 1) -> dict:
     """Train as asked (split, --full or --folds) and return the summary that is printed."""
-    client = tracking.connect(uri)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: pass --out with a new folder")
     table = data.read_table(cfg.data.root, cfg.data.max_persons)
+    splits = data.fold_persons(table, cfg.data, folds) if folds is not None else None  # checks K first
+    client = tracking.connect(uri)
     if full:
         persons = sorted(table["person"].unique())
         result, _ = train_one(cfg, out, client, experiment, cpus, split=(persons, []))
         return {"export": str(out), "persons": len(persons), "epochs": result["epoch"]}
-    if not folds:
+    if splits is None:
         result, _ = train_one(cfg, out, client, experiment, cpus)
         return {"export": str(out), "epoch": result["epoch"], METRIC: result[METRIC]}
     parent = client.create_run(tracking.experiment_id(client, experiment), run_name=f"{out.name} ({folds} folds)",
                                tags={"tune.role": "folds"}).info.run_id
     tracking.log_params(client, parent, {"folds": folds, **tracking.flatten(cfg.model_dump(mode="json"))})
     truth, predicted, per_fold = [], [], []
-    for k, split in enumerate(data.fold_persons(table, cfg.data, folds)):
-        print(f"fold {k + 1}/{folds}: {len(split[0])} training, {len(split[1])} validation persons", flush=True)
-        result, trial = train_one(cfg, out / f"fold-{k}", client, experiment, cpus, split, parent, f"fold {k}")
-        per_fold.append(result[METRIC])
-        truth.append(trial.val_truth)
-        predicted.append(outputs.predicted_classes(cfg.task, outputs.task_probabilities(cfg, trial.val_outputs)))
+    try:
+        for k, split in enumerate(splits):
+            print(f"fold {k + 1}/{folds}: {len(split[0])} training, {len(split[1])} validation persons", flush=True)
+            # every fold trains the same epochs and keeps its last: no fold is picked by its own validation score
+            result, (t, p) = train_one(cfg, out / f"fold-{k}", client, experiment, cpus, split, parent, f"fold {k}",
+                                       keep="last")
+            per_fold.append(result[METRIC])
+            truth.append(t)
+            predicted.append(p)
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
     n = 18 if cfg.task in ("all", "multi") else len(data.class_names(cfg.task))
     oof = metrics.macro_f1(np.concatenate(truth), np.concatenate(predicted), n)
     summary = {"export": str(out), "folds": folds, "oof_f1": oof, "fold_f1": per_fold,
