@@ -134,18 +134,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def overrides(args: argparse.Namespace) -> dict:
+def overrides(sets: list[str], flags: dict) -> dict:
+    """Dotted keys to set in a YAML: each --set KEY=VALUE, then the command's flags that were given."""
     from tune.config import parse_value
 
     out = {}
-    for item in args.set:
+    for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set takes KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value)
-    flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
-             "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
-             "search.max_concurrent": args.max_concurrent}
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
 
@@ -155,7 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tune.config import load_study
     from tune.tracking import tracking_uri
 
-    study = load_study(args.space, overrides(args))
+    flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
+             "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
+             "search.max_concurrent": args.max_concurrent}
+    study = load_study(args.space, overrides(args.set, flags))
     studies.check_name(study.name, args.resume)
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
     results = studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address)
@@ -202,13 +203,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tune.config import load_study, parse_value
+    from tune.config import load_study
     from tune.tracking import tracking_uri
     from tune.train import default_out, train
 
-    values = {key.strip(): parse_value(value) for key, _, value in (item.partition("=") for item in args.set)}
-    values.update({k: v for k, v in {"data.root": args.data, "train.epochs": args.epochs}.items() if v is not None})
-    study = load_study(args.config, values)
+    study = load_study(args.config, overrides(args.set, {"data.root": args.data, "train.epochs": args.epochs}))
     if study.space:
         print(f"note: {args.config} has a search space; tune train trains its fixed values and ignores the space")
     if not study.data.root:

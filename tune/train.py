@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_model
 
-from trainables import data, metrics, outputs
+from trainables import data, metrics
 from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 from tune import tracking
@@ -31,12 +31,12 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
               name: str | None = None, keep: str = "best") -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
     its last: keep="last", and always without validation). Returns the kept epoch's metrics and, with
-    validation, (truth, predicted classes) of the validation photos at that epoch."""
+    validation, (the model's outputs, the truth) of the validation photos at that epoch."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
     run_id = run.info.run_id
     tracking.log_params(client, run_id, tracking.flatten(cfg.model_dump(mode="json")))
-    kept, predicted = None, None
+    kept, kept_outputs = None, None
     try:
         trial = Trial(cfg, cpus=cpus, progress=True, split=split)
         out.mkdir(parents=True, exist_ok=True)
@@ -49,20 +49,16 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             print(f"epoch {trial.epoch}/{cfg.train.epochs}: train_loss {result['train_loss']:.4f}, {shown} "
                   f"({result['epoch_time_s']:.0f} s)", flush=True)
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
-                kept = result
-                if METRIC in result:
-                    probabilities = outputs.task_probabilities(cfg, trial.val_outputs)
-                    predicted = outputs.predicted_classes(cfg.task, probabilities)
+                kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.model, str(out / "model.safetensors"))
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
         write_export(out, cfg, kept, (trial.train_persons, trial.val_persons))
-        truth = trial.val_truth if cfg.task != "multi" else data.compose18(*trial.val_truth.T)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.log_artifacts(run_id, str(out), "export")
     client.set_terminated(run_id, "FINISHED")
-    return kept, (truth, predicted) if predicted is not None else None
+    return kept, (kept_outputs, trial.val_truth) if kept_outputs is not None else None
 
 
 def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full: bool = False,
@@ -83,21 +79,20 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     parent = client.create_run(tracking.experiment_id(client, experiment), run_name=f"{out.name} ({folds} folds)",
                                tags={"tune.role": "folds"}).info.run_id
     tracking.log_params(client, parent, {"folds": folds, **tracking.flatten(cfg.model_dump(mode="json"))})
-    truth, predicted, per_fold = [], [], []
+    fold_outputs, truth, per_fold = [], [], []
     try:
         for k, split in enumerate(splits):
             print(f"fold {k + 1}/{folds}: {len(split[0])} training, {len(split[1])} validation persons", flush=True)
             # every fold trains the same epochs and keeps its last: no fold is picked by its own validation score
-            result, (t, p) = train_one(cfg, out / f"fold-{k}", client, experiment, cpus, split, parent, f"fold {k}",
+            result, (o, t) = train_one(cfg, out / f"fold-{k}", client, experiment, cpus, split, parent, f"fold {k}",
                                        keep="last")
             per_fold.append(result[METRIC])
+            fold_outputs.append(o)
             truth.append(t)
-            predicted.append(p)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
-    n = 18 if cfg.task in ("all", "multi") else len(data.class_names(cfg.task))
-    oof = metrics.macro_f1(np.concatenate(truth), np.concatenate(predicted), n)
+    oof = metrics.score(cfg, np.concatenate(fold_outputs), np.concatenate(truth))["val_f1"]
     summary = {"export": str(out), "folds": folds, "oof_f1": oof, "fold_f1": per_fold,
                "fold_f1_mean": float(np.mean(per_fold))}
     client.log_metric(parent, "oof_f1", oof)
