@@ -5,14 +5,15 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test clean-demo constraints
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml gives version ranges; constraints.txt the exact versions this project is tested with.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@# Ray installs a `tune` script too: ours must be the one in $(BIN).
 	@$(BIN)/tune --help | grep -q "mask/gender/age" || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
 	touch $@
@@ -27,3 +28,9 @@ demo: setup data/demo/train/train.csv
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not gpu"
+
+# After upgrading packages in $(VENV): record the versions the tests then pass with.
+constraints:
+	@{ echo "# The exact versions this project is tested with (Python 3.11, Linux): make installs with -c constraints.txt."; \
+	  echo "# Regenerate after an upgrade with: make constraints"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v "^-e"; } > constraints.txt

@@ -12,6 +12,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for folder in folders if folder.is_dir()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_untouched(tmp_path_factory):
+    """Tests run in a temporary folder and never write into the checkout's store or exports (checked at the end)."""
+    folders = [ROOT / "mlruns", ROOT / "exports"]
+    before = _snapshot(folders)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # nor into a store the user's environment points at
+    os.chdir(tmp_path_factory.mktemp("cwd"))  # the default store (mlruns/) and exports/ resolve here
+    yield
+    os.chdir(ROOT)
+    after = _snapshot(folders)
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"the tests changed the checkout's mlruns/ or exports/: {changed[:5]}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def image_cache(tmp_path_factory) -> Path:
     """The decoded-photo cache of the whole test session, away from the user's own cache."""
