@@ -76,8 +76,17 @@ def finished_trials(tmp_path: Path, study: str) -> set[str]:
 
 
 def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp_path, capsys):
-    run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
+    done = run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
     client, parent, children = runs_of(tmp_path, "it")
+    # the terminal shows one line per trial event and a progress line per ended trial, none of Ray's own output
+    printed = done.stdout
+    assert "#1 started" in printed and "#6 started" in printed and "epoch 1/4  val_f1 " in printed
+    assert "stopped early by ASHA" in printed and "finished after epoch 4" in printed
+    assert "failed after epoch 0: FloatingPointError: loss became nan" in printed
+    assert "-- 6/6 trials, best val_f1 " in printed
+    for noise in ("Checkpoint successfully created", "Trial status", "\u256d", "Traceback", "Token authentication"):
+        assert noise not in printed + done.stderr
+    assert "Trial task failed" in (tmp_path / "mlruns" / "logs" / "it.log").read_text()  # Ray's records went here
     assert len(children) == 6
     outcomes = [c.data.tags["tune.outcome"] for c in children]
     assert "stopped_early" in outcomes and "finished" in outcomes  # ASHA stopped some, not all
@@ -163,3 +172,46 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, 
         (folder,) = storage.glob(f"*{trial_id}*")
         lines = (folder / "result.json").read_text().strip().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_finished_study_grows_with_trials_chosen_knowing_the_earlier_ones(demo_data, tmp_path):
+    import optuna
+
+    from tune import space
+    from tune.config import load_study
+
+    path = tmp_path / "grow.yaml"
+    path.write_text("""
+task: all
+model: {backbone: test_resnet, image_size: 32}
+train: {epochs: 1, batch_size: 16, num_workers: 0}
+optimizer: {name: adamw}
+space: {optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}
+search: {algorithm: tpe, seed: 3, num_samples: 2, max_concurrent: 1, startup_trials: 1}
+scheduler: {name: fifo}
+""")
+    run(tmp_path, "run", str(path), "--data", str(demo_data))
+    grown = run(tmp_path, "run", str(path), "--data", str(demo_data), "--resume", "--num-samples", "4")
+    assert "has 2 trials: 2 more" in grown.stdout and "#3 started" in grown.stdout
+    client, parent, children = runs_of(tmp_path, "grow")
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    trials = artifact_json(client, parent.info.run_id, "trials.json", tmp_path)
+    assert len(trials["data"]) == 4
+
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    old, new = [], []
+    for t in optuna.load_study(study_name="grow", storage=storage).trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        (old if t.number < 2 else new).append(t)
+    # the grown round's first trial is what TPE proposes given the first two, not what it proposes alone
+    nodes = space.parse_space(load_study(path).space, load_study(path).trial_base(), str(path))
+
+    def proposal(history: list) -> float:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=3 + 2,
+                                                                                             n_startup_trials=1))
+        study.add_trials(history)
+        return space.SpaceSampler(nodes)(study.ask())["optimizer.lr"]
+
+    assert new[0].params["optimizer.lr"] == pytest.approx(proposal(old))
+    assert new[0].params["optimizer.lr"] != pytest.approx(proposal([]))
+    assert "has all its 4 trials" in run(tmp_path, "run", str(path), "--data", str(demo_data), "--resume").stdout

@@ -6,6 +6,7 @@ list-trials, list-experiments, add-note) through to Ray's command line.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -46,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any key of the YAML by its dotted path, e.g. train.epochs=3 (repeatable)")
-    run.add_argument("--resume", action="store_true", help="continue the interrupted study of the same name")
+    run.add_argument("--resume", action="store_true", help="continue the study of the same name: finish its "
+                     "interrupted trials, then add trials up to --num-samples, chosen knowing the earlier ones")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own output (else in mlruns/logs/STUDY.log)")
     run.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     run.set_defaults(func=cmd_run)
 
@@ -159,24 +162,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.space, overrides(args.set, flags))
     studies.check_name(study.name, args.resume)
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
-    results = studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address)
-    return summarize(results, study)
+    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose)
+    return summarize(study)
 
 
-def summarize(results, study) -> int:
-    """Print how the trials ended and the best one; exit code 1 when no trial produced a result."""
-    metric = study.search.metric
-    failed = len(results.errors)
-    print(f"\nstudy {study.name}: {len(results)} trials, {failed} failed")
+def summarize(study) -> int:
+    """Print the study's trials and its best epoch over every round; exit code 1 when no trial has a result."""
+    from tune.study import best_checkpoint, trial_states, trials_done
+
+    failed = trial_states(study.name).get("FAIL", 0)
+    print(f"\nstudy {study.name}: {trials_done(study.name)} trials, {failed} failed")
     try:
-        best = results.get_best_result(metric, study.mode, scope="all")
-    except RuntimeError:
+        checkpoint, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
+    except UserError:
         print("no trial reported a result")
         return 1
-    history = best.metrics_dataframe
-    row = history.loc[history[metric].idxmax() if study.mode == "max" else history[metric].idxmin()]
-    print(f"best trial {best.metrics['trial_id']}: {metric} {row[metric]:.4f} at epoch {int(row['epoch'])}")
-    for key, value in sorted(best.config.items()):
+    metric = study.search.metric
+    print(f"best trial {metrics.get('ray_trial_id')}: {metric} {metrics[metric]:.4f} at epoch {metrics['epoch']}")
+    params = checkpoint.parent / "params.json"
+    for key, value in sorted(json.loads(params.read_text()).items() if params.is_file() else []):
         print(f"  {key} = {value}")
     print(f"export it with: tune export {study.name}")
     return 0

@@ -20,7 +20,8 @@ from trainables.config import TRIAL_SECTIONS, Strict, TrialConfig, UserError, se
 class SearchConfig(Strict):
     algorithm: Literal["tpe", "random", "cmaes"] = "tpe"
     seed: int = 0
-    num_samples: int = Field(8, gt=0, description="trials to run")
+    num_samples: int = Field(8, gt=0, description="trials to run (a resumed study grows to this many)")
+    startup_trials: int = Field(10, ge=0, description="random trials before TPE or CMA-ES model the results")
     max_concurrent: int | None = Field(None, gt=0, description="trials at once; default: as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"

@@ -26,23 +26,7 @@ from trainables.config import TrialConfig, UserError
 from trainables.models import build_model
 from trainables.trial import Trial
 from tune import tracking
-from tune.study import study_path
-
-
-def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
-    """The checkpoint folder of the study's best epoch over all trials, and its metrics."""
-    folder = study_path(study)
-    if not folder.is_dir():
-        raise UserError(f"no study named {study!r} in {folder.parent}")
-    scored = []
-    for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get(metric) is not None:
-            scored.append((metrics[metric], metrics_file.parent, metrics))
-    if not scored:
-        raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
-    scored.sort(key=lambda s: s[0], reverse=mode == "max")
-    return scored[0][1], scored[0][2]
+from tune.study import best_checkpoint
 
 
 def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max") -> dict:

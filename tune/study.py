@@ -6,7 +6,9 @@ Ray Tune runs the trials (`trainables.trainable.train_trial`), with `StudyTracke
 """
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -19,14 +21,32 @@ from trainables import cache, data
 from trainables.config import AugmentConfig, UserError
 from trainables.models import check_backbone
 from trainables.trainable import train_trial
-from tune import space, tracking
+from tune import live, space, tracking
 from tune.config import StudyConfig
 
 RAY_DIR = Path("mlruns") / "ray"  # Ray Tune's experiment folders (trial checkpoints), one per study
+OPTUNA_DB = Path("mlruns") / "optuna.db"  # the Optuna studies (optuna-dashboard sqlite:///mlruns/optuna.db)
+LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
 
 
 def study_path(name: str) -> Path:
     return (RAY_DIR / name).resolve()
+
+
+def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
+    """The checkpoint folder of the study's best epoch over all trials, and its metrics."""
+    folder = study_path(study)
+    if not folder.is_dir():
+        raise UserError(f"no study named {study!r} in {folder.parent}")
+    scored = []
+    for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        if metrics.get(metric) is not None:
+            scored.append((metrics[metric], metrics_file.parent, metrics))
+    if not scored:
+        raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
+    scored.sort(key=lambda s: s[0], reverse=mode == "max")
+    return scored[0][1], scored[0][2]
 
 
 def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
@@ -103,15 +123,36 @@ def _params(nodes: list):
                 yield from _params(sub)
 
 
-def searcher(study: StudyConfig, nodes: list) -> OptunaSearch:
-    seed = study.search.seed
+def optuna_storage() -> optuna.storages.RDBStorage:
+    """The Optuna studies, in SQLite beside MLflow's store: optuna-dashboard reads it, a study can grow."""
+    OPTUNA_DB.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{OPTUNA_DB.resolve()}")
+
+
+def trial_states(name: str) -> Counter:
+    """How many trials of the study `name` Optuna holds in each state (COMPLETE, FAIL, RUNNING, ...)."""
+    if not OPTUNA_DB.is_file() or name not in {s.study_name for s in optuna.get_all_study_summaries(optuna_storage())}:
+        return Counter()
+    trials = optuna.load_study(study_name=name, storage=optuna_storage()).get_trials(deepcopy=False)
+    return Counter(t.state.name for t in trials)
+
+
+def trials_done(name: str) -> int:
+    """Trials of the study `name` that ended (complete, stopped early or failed): what a grown study builds on."""
+    return sum(n for state, n in trial_states(name).items() if state in ("COMPLETE", "PRUNED", "FAIL"))
+
+
+def searcher(study: StudyConfig, nodes: list, done: int = 0) -> OptunaSearch:
+    """Optuna's sampler in Ray's searcher, over the study's Optuna study (which holds the `done` trials before)."""
+    seed, startup = study.search.seed + done, study.search.startup_trials  # a grown study draws new random points
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
+                                                      warn_independent_sampling=False),
     }
     return OptunaSearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
-                        sampler=samplers[study.search.algorithm]())
+                        sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
 
 
 def scheduler(study: StudyConfig):
@@ -127,45 +168,94 @@ def settings(study: StudyConfig) -> dict:
             "resources": study.resources.model_dump()}
 
 
-def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None):
-    """Run (or resume) the study to the end and return Ray's ResultGrid."""
+def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None,
+              verbose: bool = False):
+    """Run the study to `search.num_samples` trials and return Ray's ResultGrid of its last round.
+
+    A new study is one round of trials. `resume` first finishes an interrupted round (Ray restores it), then,
+    when the study has fewer trials than `num_samples`, runs a new round for the rest: its searcher reads the
+    Optuna study, so it chooses knowing every earlier trial.
+    """
     import ray
 
     path = study_path(study.name)
+    if not verbose:
+        live.quiet_logs(LOG_DIR / f"{study.name}.log")
     client = tracking.connect(uri)
-    base = study.trial_base()
     parent = tracking.find_study_run(client, study.name) if resume else None
     if parent is None:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study))
     client.update_run(parent, status="RUNNING")
+    search = study.search
+    at_once = f"{search.max_concurrent} at a time" if search.max_concurrent else "as resources allow"
+    budget = f", for at most {search.time_budget_s:.0f} s" if search.time_budget_s else ""
+    print(f"study {study.name}: {search.num_samples} trials ({at_once}{budget}), {study.scheduler.name} scheduler, "
+          f"{search.algorithm} search; " + ("Ray's output below" if verbose else f"logs in {LOG_DIR / study.name}.log"),
+          flush=True)
     # Trials import `trainables` from this checkout, wherever Ray starts their worker processes.
     project = str(Path(__file__).resolve().parent.parent)
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}}
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
              configure_logging=False)
+    if not verbose:
+        live.quiet_logs(LOG_DIR / f"{study.name}.log")
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base()),
+                                    {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
     try:
-        resources = {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(train_trial, base=base), resources)
+        results = None
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            tracker = tracking.StudyTracker(uri, study.name, parent, base, study.train.epochs,
-                                            study.search.metric, study.mode)
-            checkpoints = tune.CheckpointConfig(num_to_keep=study.train.keep_checkpoints,
-                                                checkpoint_score_attribute=study.search.metric,
-                                                checkpoint_score_order=study.mode)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric=study.search.metric, mode=study.mode, search_alg=searcher(study, nodes),
-                    scheduler=scheduler(study), num_samples=study.search.num_samples,
-                    max_concurrent_trials=study.search.max_concurrent, time_budget_s=study.search.time_budget_s),
-                run_config=tune.RunConfig(
-                    name=study.name, storage_path=str(path.parent), callbacks=[tracker],
-                    checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=0),
-                    verbose=1),
-            )
-        return tuner.fit()
+            view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
+                                 trials_done(study.name), search.time_budget_s, earlier_best(study))
+            results = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
+            view.on_experiment_end([])
+            if not round_ended(results):
+                return results
+        done = trials_done(study.name)
+        if resume and done >= search.num_samples:
+            print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")
+        if done < search.num_samples:
+            if done:
+                print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
+            client.update_run(parent, status="RUNNING")
+            tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
+                                            search.metric, study.mode)
+            view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
+                                 search.time_budget_s, earlier_best(study))
+            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose)
+            results = tuner.fit()
+        return results
     finally:
         ray.shutdown()
+
+
+def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool) -> tune.Tuner:
+    """A Tuner for the study's trials after its first `done`, in the study's Ray folder."""
+    search = study.search
+    checkpoints = tune.CheckpointConfig(num_to_keep=study.train.keep_checkpoints,
+                                        checkpoint_score_attribute=search.metric, checkpoint_score_order=study.mode)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done), scheduler=scheduler(study),
+            num_samples=search.num_samples - done, max_concurrent_trials=search.max_concurrent,
+            time_budget_s=search.time_budget_s),
+        run_config=tune.RunConfig(
+            name=study.name, storage_path=str(study_path(study.name).parent), callbacks=callbacks,
+            checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=0),
+            verbose=2 if verbose else 0),
+    )
+
+
+def earlier_best(study: StudyConfig) -> tuple[float, str] | None:
+    """The best epoch of the study's trials so far, as (value, which trial), for a resumed study's live view."""
+    try:
+        _, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
+    except UserError:
+        return None
+    return metrics[study.search.metric], f"trial {metrics.get('ray_trial_id')}"
+
+
+def round_ended(results) -> bool:
+    """Whether every trial of a round ended (not interrupted): only then may a study grow."""
+    return results.num_terminated + results.num_errors == len(results)

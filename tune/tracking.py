@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +113,30 @@ def log_table(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str)
     client.log_dict(run_id, json.loads(table.to_json(orient="split", index=False)), name)
 
 
+def outcome(trial, epochs: int) -> str:
+    """How a Ray trial ended: failed, finished (all its epochs), or stopped_early (by ASHA)."""
+    if trial.status == "ERROR":
+        return "failed"
+    return "finished" if (trial.last_result or {}).get("epoch", 0) >= epochs else "stopped_early"
+
+
+def read_table(client: MlflowClient, run_id: str, name: str) -> pd.DataFrame | None:
+    """A table logged by `log_table`, or None when the run has none."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
+    return pd.DataFrame(frame["data"], columns=frame["columns"])
+
+
+def error_text(trial) -> str | None:
+    """A failed trial's traceback, from its local error file (not yet synced to storage when Ray reports)."""
+    local = Path(trial.error_file) if getattr(trial, "error_file", None) else None
+    if local is not None and local.is_file():
+        return local.read_text()
+    return trial.get_error()
+
+
 class StudyTracker(tune.Callback):
     """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics."""
 
@@ -166,22 +191,18 @@ class StudyTracker(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
         self._log_best(trial, run_id)
-        self.client.set_tag(run_id, "tune.outcome", self._outcome(trial))
+        self.client.set_tag(run_id, "tune.outcome", outcome(trial, self.epochs))
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
         self._log_best(trial, run_id)
-        error = trial.get_error()
+        error = error_text(trial)
         self.client.set_tag(run_id, "tune.outcome", "failed")
         if error is not None:
-            self.client.log_text(run_id, str(error), "error.txt")
+            self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 
-    def _outcome(self, trial) -> str:
-        if trial.status == "ERROR":
-            return "failed"
-        return "finished" if (trial.last_result or {}).get("epoch", 0) >= self.epochs else "stopped_early"
 
     def _log_best(self, trial, run_id: str) -> None:
         """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
@@ -203,10 +224,14 @@ class StudyTracker(tune.Callback):
         for trial in trials:
             best = self.best.get(trial.trial_id, {})
             epochs = (trial.last_result or {}).get("epoch", 0)
-            rows.append({"trial_id": trial.trial_id, "outcome": self._outcome(trial), "epochs": epochs,
+            rows.append({"trial_id": trial.trial_id, "outcome": outcome(trial, self.epochs), "epochs": epochs,
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
+        earlier = read_table(self.client, self.parent, "trials.json")  # a study that grew: its earlier rounds
+        if earlier is not None and len(earlier):
+            table = pd.concat([earlier[~earlier["trial_id"].isin(table.get("trial_id", []))], table],
+                              ignore_index=True)
         if len(table):
             log_table(self.client, self.parent, table, "trials.json")
         scored = table.dropna(subset=[f"best_{self.metric}"]) if len(table) else table

@@ -1,0 +1,159 @@
+"""What `tune run` shows a person: one line per trial event, a progress bar over the study's budget, the best so far.
+
+Ray's own output (its status tables, checkpoint lines, log records) goes to the study's log file instead
+(`quiet_logs`), unless `--verbose`. On a terminal a tqdm bar stays under the event lines; when stdout is not
+a terminal (CI, `| tee`) there is no bar, and a progress line follows each trial's end instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ray import tune
+from tqdm import tqdm
+
+from tune.tracking import error_text, outcome
+
+LOGGERS = ("ray", "optuna", "mlflow", "alembic", "py.warnings")
+_current: LiveView | None = None
+_handler: logging.FileHandler | None = None
+
+
+def quiet_logs(log_file: Path) -> None:
+    """Send the log records of Ray, Optuna and MLflow (and Python warnings) to `log_file` instead of the terminal.
+
+    Call it again after `ray.init`, which takes the handlers off Ray's logger. Records of loggers left without
+    a handler go to the file too (Python's last resort), and Ray Tune's status tables are off.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints its tables even when told to be silent
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    global _handler
+    if _handler is None or _handler.baseFilename != str(log_file.resolve()):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        _handler = logging.FileHandler(log_file)
+        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = _handler
+    logging.lastResort = handler
+    logging.captureWarnings(True)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+
+
+def current_view() -> LiveView:
+    """The view of this process's study: what a LiveView restored from Ray's saved experiment becomes."""
+    if _current is None:
+        raise RuntimeError("no live view was started in this process")
+    return _current
+
+
+class LiveView(tune.Callback):
+    """Ray Tune callback printing trial events, with a progress bar over trials (or the time budget)."""
+
+    def __init__(self, metric: str, mode: str, epochs: int, num_samples: int, done_before: int = 0,
+                 time_budget_s: float | None = None, best: tuple[float, str] | None = None, stream=None):
+        global _current
+        self.metric, self.mode, self.epochs = metric, mode, epochs
+        self.total, self.done, self.budget = num_samples, done_before, time_budget_s
+        self.first = done_before + 1  # the number of this round's first trial
+        self.stream = stream or sys.stdout
+        self.numbers: dict[str, int] = {}  # Ray trial id -> the trial's number in this study (1, 2, ...)
+        self.trial_best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best value, its epoch)
+        self.best = best  # (value, which trial) of the best epoch so far
+        self.start = time.time()
+        self.bar: tqdm | None = None
+        if self.stream.isatty():
+            total, unit = (int(time_budget_s), "s") if time_budget_s else (num_samples, "trial")
+            self.bar = tqdm(total=total, initial=0 if time_budget_s else done_before, unit=unit, file=self.stream,
+                            dynamic_ncols=True, leave=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s "
+                            "[{elapsed}<{remaining}{postfix}]")
+        _current = self
+
+    def __reduce__(self):  # Ray saves callbacks with the experiment: a resumed study gets this process's view
+        return current_view, ()
+
+    # What Ray calls
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        number = self._number(trial)
+        params = "  ".join(f"{k}={_value(v)}" for k, v in sorted(trial.config.items()))
+        self.say(f"#{number} started   {params}  (trial {trial.trial_id})")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        number, value, epoch = self._number(trial), result.get(self.metric), int(result.get("epoch", 0))
+        if value is None:
+            return
+        mark = ""
+        if self._better(value, self.trial_best.get(trial.trial_id)):
+            self.trial_best[trial.trial_id] = (value, epoch)
+        if self._better(value, self.best):
+            self.best, mark = (value, f"#{number}"), "  * best so far"
+        losses = "  ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "train_loss") if k in result)
+        seconds = f"  {result['epoch_time_s']:.1f}s" if "epoch_time_s" in result else ""
+        self.say(f"#{number} epoch {epoch}/{self.epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        number, best = self._number(trial), self.trial_best.get(trial.trial_id)
+        ended = {"finished": "finished", "stopped_early": "stopped early by ASHA"}[outcome(trial, self.epochs)]
+        score = f": best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else ""
+        self._trial_ended(f"#{number} {ended} after epoch {(trial.last_result or {}).get('epoch', 0)}{score}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._trial_ended(f"#{self._number(trial)} failed after epoch {(trial.last_result or {}).get('epoch', 0)}: "
+                          f"{first_line(error_text(trial))}")
+
+    def on_step(self, iteration, trials, **info):
+        if self.bar is not None and self.budget:
+            self.bar.n = min(int(time.time() - self.start), self.bar.total)
+            self.bar.refresh()
+
+    def on_experiment_end(self, trials, **info):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # Helpers
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _number(self, trial) -> int:
+        return self.numbers.setdefault(trial.trial_id, self.first + len(self.numbers))
+
+    def _better(self, value: float, than: tuple | None) -> bool:
+        return than is None or (value > than[0] if self.mode == "max" else value < than[0])
+
+    def _trial_ended(self, line: str) -> None:
+        self.done += 1
+        self.say(line)
+        best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
+        if self.bar is not None:
+            if not self.budget:
+                self.bar.update(1)
+            self.bar.set_postfix_str(best)
+        else:
+            budget = f" of {_duration(self.budget)}" if self.budget else ""
+            self.say(f"-- {self.done}/{self.total} trials, {best}, {_duration(time.time() - self.start)}{budget}")
+
+
+def first_line(error: str | None) -> str:
+    """A trial's error in one line: the traceback's last, e.g. 'FloatingPointError: loss became nan at step 1'."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def _value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
