@@ -67,7 +67,7 @@ class LiveView(tune.Callback):
         self.best = best  # (value, which trial) of the best epoch so far
         self.start = time.time()
         self.bar: tqdm | None = None
-        if self.stream.isatty():
+        if _terminal_width(self.stream) > 0:
             total, unit = (int(time_budget_s), "s") if time_budget_s else (num_samples, "trial")
             self.bar = tqdm(total=total, initial=0 if time_budget_s else done_before, unit=unit, file=self.stream,
                             dynamic_ncols=True, leave=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s "
@@ -148,6 +148,14 @@ def first_line(error: str | None) -> str:
     """A trial's error in one line: the traceback's last, e.g. 'FloatingPointError: loss became nan at step 1'."""
     lines = [line for line in (error or "").splitlines() if line.strip()]
     return lines[-1].strip() if lines else "unknown error"
+
+
+def _terminal_width(stream) -> int:
+    """The width of the terminal `stream` writes to; 0 when it is no terminal (a file, a pipe, CI)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _value(value) -> str:
