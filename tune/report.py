@@ -75,7 +75,7 @@ def report_study(study: str, uri: str, top: int = 10, metric: str = "val_f1", mo
     summary = f"study {study}: {len(rows)} trials ({', '.join(f'{n} {o}' for o, n in sorted(counts.items()))})"
     notes = [f"note: {space_note}; the report shows no sampled params"] if space_note else []
     shown = [r for r in rows if r.best is not None][:top]
-    best = table(shown, [n for n in param_names(nodes or []) if any(n in r.params for r in shown)], metric)
+    best = table(shown, [n for n in space.param_names(nodes or []) if any(n in r.params for r in shown)], metric)
     heading = (f"best {len(shown)} of {len(rows)} trials by {metric} ({mode}):" if shown
                else f"no trial has reported {metric} yet")
     importance = param_importance(rows, mode)
@@ -148,19 +148,6 @@ def study_space(client: MlflowClient, run_id: str) -> tuple[list | None, str | N
         return space.parse_space(study.space, study.trial_base(), "study.yaml of the study's run"), None
     except (ValidationError, UserError, yaml.YAMLError) as e:
         return None, f"the study's search space could not be read ({str(e).splitlines()[0]})"
-
-
-def param_names(nodes: list) -> list[str]:
-    """Every Optuna name the space can sample, in the space's order."""
-    names: list[str] = []
-    for node in nodes:
-        if isinstance(node, space.Param):
-            names.append(node.path)
-        elif isinstance(node, space.Branching):
-            names.append(f"{node.path}.name")
-            for sub in node.branches.values():
-                names.extend(n for n in param_names(sub) if n not in names)
-    return list(dict.fromkeys(names))
 
 
 def sampled(nodes: list, params: dict[str, str]) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:

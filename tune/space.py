@@ -224,3 +224,15 @@ def describe(nodes: list, indent: str = "") -> list[str]:
             lines.append(f"{indent}{node[0]} = {node[1]!r}")
     return lines
 
+
+def param_names(nodes: list) -> list[str]:
+    """Every Optuna name the space can sample, in the space's order."""
+    names: list[str] = []
+    for node in nodes:
+        if isinstance(node, Param):
+            names.append(node.path)
+        elif isinstance(node, Branching):
+            names.append(f"{node.path}.name")
+            for sub in node.branches.values():
+                names.extend(n for n in param_names(sub) if n not in names)
+    return list(dict.fromkeys(names))

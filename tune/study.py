@@ -187,6 +187,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study))
     client.update_run(parent, status="RUNNING")
+    tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes))
     search = study.search
     at_once = f"{search.max_concurrent} at a time" if search.max_concurrent else "as resources allow"
     budget = f", for at most {search.time_budget_s:.0f} s" if search.time_budget_s else ""

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, Run
 from ray import tune
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from trainables.config import resolve_trial
+from trainables.config import UserError, resolve_trial
 from trainables.data import class_names
 from trainables.metrics import per_class_report
 
@@ -89,6 +89,48 @@ def trial_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = 
         token = page.token
         if not token:
             return runs
+
+
+VIEW = "trials"  # the saved view of a study's runs table that `tune ui` opens
+
+
+def set_trials_view(client: MlflowClient, experiment: str, params: list[str]) -> None:
+    """Save the view of the study's trials that `tune ui` opens: best first, with the scores and sampled params.
+
+    MLflow 3 keeps saved views as experiment tags (mlflow.sharedViewState.KEY); a URL with
+    viewStateShareKey=KEY opens one. Columns can be chosen only this way, not by URL parameters.
+    """
+    columns = [f"metrics.`best_{m}`" for m in ("val_f1", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_acc",
+                                                "val_loss", "epoch")]
+    columns += ["tags.`tune.outcome`", *(f"params.`{p}`" for p in params)]
+    state = {"searchFilter": "tags.`tune.role` = 'trial'", "orderByKey": "metrics.`best_val_f1`", "orderByAsc": False,
+             "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+             "selectedColumns": columns}
+    now = int(time.time() * 1000)
+    view = {"name": "Trials, best first", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment, f"mlflow.sharedViewState.{VIEW}", json.dumps(view))
+    client.set_experiment_tag(experiment, "mlflow.experimentKind", "custom_model_development")
+
+
+def trials_url(base: str, experiment: str) -> str:
+    """The address of a study's runs table in its saved view (the Model training side of MLflow 3's UI)."""
+    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={VIEW}"
+
+
+def study_experiment(client: MlflowClient, study: str | None) -> str | None:
+    """The experiment id of the study `study` (else the newest study), with its trials view; UserError if unknown."""
+    if study is not None:
+        experiment = client.get_experiment_by_name(study)
+        if experiment is None or find_study_run(client, study) is None:
+            raise UserError(f"no study named {study!r} in the MLflow store")
+    else:
+        studies = [e for e in client.search_experiments() if find_study_run(client, e.name) is not None]
+        if not studies:
+            return None
+        experiment = max(studies, key=lambda e: (e.creation_time or 0, int(e.experiment_id)))
+    if f"mlflow.sharedViewState.{VIEW}" not in experiment.tags:  # a study from before views were saved
+        set_trials_view(client, experiment.experiment_id, [])
+    return experiment.experiment_id
 
 
 def start_study_run(client: MlflowClient, name: str, resolved_yaml: str, space_lines: list[str],

@@ -1,0 +1,52 @@
+"""tune ui: a real MLflow UI server on 127.0.0.1, opened on a study's trials (its saved view), never the GenAI home."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+from tune.cli import main
+from tune.tracking import VIEW, connect, experiment_id, start_study_run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    client = connect(uri)
+    for name in ("older", "newer"):  # studies written before views were saved: tune ui saves one
+        start_study_run(client, name, "name: x\n", [], {})
+    assert main(["ui", "--study", "nothere", "--tracking-uri", uri]) == 2
+    assert "no study named 'nothere'" in capsys.readouterr().err
+
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "tune", "ui", "--tracking-uri", uri, "--port", str(port)],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        url = next(line.split(": ", 1)[1].strip() for line in ui.stdout if line.startswith("MLflow UI: "))
+        newer = MlflowClient(uri).get_experiment_by_name("newer")
+        assert url == (f"http://127.0.0.1:{port}/#/experiments/{newer.experiment_id}/runs"
+                       f"?workflowType=machine_learning&viewStateShareKey={VIEW}")
+        assert urllib.request.urlopen(url.split("#")[0], timeout=10).status == 200  # the server answers there
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+    with socket.socket() as s:  # stopping tune ui stopped the server and its workers too
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    view = json.loads(newer.tags[f"mlflow.sharedViewState.{VIEW}"])
+    state = json.loads(view["state"])
+    assert state["orderByKey"] == "metrics.`best_val_f1`" and state["orderByAsc"] is False
+    assert "metrics.`best_val_f1`" in state["selectedColumns"] and "tags.`tune.outcome`" in state["selectedColumns"]
+    assert newer.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment_id(client, "older")  # the other study is left as it was
+    assert f"mlflow.sharedViewState.{VIEW}" not in MlflowClient(uri).get_experiment_by_name("older").tags
