@@ -81,7 +81,7 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     # the terminal shows one line per trial event and a progress line per ended trial, none of Ray's own output
     printed = done.stdout
     assert "#1 started" in printed and "#6 started" in printed and "epoch 1/4  val_f1 " in printed
-    assert "stopped early by ASHA" in printed and "finished after epoch 4" in printed
+    assert "stopped early after epoch" in printed and "finished after epoch 4" in printed
     assert "failed after epoch 0: FloatingPointError: loss became nan" in printed
     assert "-- 6/6 trials, best val_f1 " in printed
     for noise in ("Checkpoint successfully created", "Trial status", "\u256d", "Traceback", "Token authentication"):
@@ -196,7 +196,9 @@ scheduler: {name: fifo}
     client, parent, children = runs_of(tmp_path, "grow")
     assert len(children) == 4 and parent.info.status == "FINISHED"
     trials = artifact_json(client, parent.info.run_id, "trials.json", tmp_path)
-    assert len(trials["data"]) == 4
+    assert len(trials["data"]) == 4  # both rounds, each trial with its score
+    scores = [row[trials["columns"].index("best_val_f1")] for row in trials["data"]]
+    assert None not in scores and parent.data.metrics["best_val_f1"] == pytest.approx(max(scores))
 
     storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
     old, new = [], []
@@ -215,3 +217,11 @@ scheduler: {name: fifo}
     assert new[0].params["optimizer.lr"] == pytest.approx(proposal(old))
     assert new[0].params["optimizer.lr"] != pytest.approx(proposal([]))
     assert "has all its 4 trials" in run(tmp_path, "run", str(path), "--data", str(demo_data), "--resume").stdout
+    again = artifact_json(client, parent.info.run_id, "trials.json", tmp_path)
+    assert sorted(map(str, again["data"])) == sorted(map(str, trials["data"]))  # a resume that adds nothing keeps it
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "mlruns" / "ray" / "grow")  # a new study of that name starts from nothing
+    assert "#1 started" in run(tmp_path, "run", str(path), "--data", str(demo_data)).stdout
+    assert len(optuna.load_study(study_name="grow", storage=storage).trials) == 2

@@ -38,6 +38,8 @@ def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
         assert url == (f"http://127.0.0.1:{port}/#/experiments/{newer.experiment_id}/runs"
                        f"?workflowType=machine_learning&viewStateShareKey={VIEW}")
         assert urllib.request.urlopen(url.split("#")[0], timeout=10).status == 200  # the server answers there
+        assert main(["ui", "--tracking-uri", uri, "--port", str(port)]) == 2  # a second one on that port
+        assert f"port {port} is taken" in capsys.readouterr().err
     finally:
         ui.terminate()
         ui.wait(timeout=30)

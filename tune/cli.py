@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 from trainables.config import UserError
@@ -258,40 +256,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on 127.0.0.1, opened on a study's trials (the newest study unless --study)."""
-    import subprocess
-    import urllib.request
-    import webbrowser
+    from tune.tracking import tracking_uri
+    from tune.ui import serve
 
-    from tune.tracking import artifact_root, connect, study_experiment, tracking_uri, trials_url
-
-    uri = tracking_uri(args.tracking_uri)
-    base = f"http://127.0.0.1:{args.port}"
-    experiment = study_experiment(connect(uri), args.study)
-    url = trials_url(base, experiment) if experiment else base
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
-               artifact_root(), "--host", "127.0.0.1", "--port", str(args.port)]
-    server = subprocess.Popen(command, start_new_session=True)  # its own group: its workers stop with it
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped by a signal, it still stops the server
-    try:
-        for _ in range(120):  # until it answers, at most a minute
-            try:
-                urllib.request.urlopen(base, timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise UserError(f"the MLflow UI did not start (is port {args.port} taken? pass --port)") from None
-                time.sleep(0.5)
-        print(f"\nMLflow UI: {url}" + ("\n(no study in the store yet)" if not experiment else "") + "\nCtrl-C stops it",
-              flush=True)
-        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
-            webbrowser.open(url)
-        return server.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait()
+    return serve(tracking_uri(args.tracking_uri), args.port, args.study)
 
 
 def cmd_data_demo(args: argparse.Namespace) -> int:

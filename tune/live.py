@@ -45,11 +45,10 @@ def quiet_logs(log_file: Path) -> None:
         logger.setLevel(logging.INFO)
 
 
-def current_view() -> LiveView:
-    """The view of this process's study: what a LiveView restored from Ray's saved experiment becomes."""
-    if _current is None:
-        raise RuntimeError("no live view was started in this process")
-    return _current
+def current_view() -> tune.Callback:
+    """The view of this process's study: what a LiveView restored from Ray's saved experiment becomes
+    (a silent callback where no view was started, e.g. a Tuner.restore of one's own)."""
+    return _current if _current is not None else tune.Callback()
 
 
 class LiveView(tune.Callback):
@@ -99,7 +98,7 @@ class LiveView(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         number, best = self._number(trial), self.trial_best.get(trial.trial_id)
-        ended = {"finished": "finished", "stopped_early": "stopped early by ASHA"}[outcome(trial, self.epochs)]
+        ended = {"finished": "finished", "stopped_early": "stopped early"}[outcome(trial, self.epochs)]
         score = f": best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else ""
         self._trial_ended(f"#{number} {ended} after epoch {(trial.last_result or {}).get('epoch', 0)}{score}")
 

@@ -138,8 +138,19 @@ def trial_states(name: str) -> Counter:
 
 
 def trials_done(name: str) -> int:
-    """Trials of the study `name` that ended (complete, stopped early or failed): what a grown study builds on."""
-    return sum(n for state, n in trial_states(name).items() if state in ("COMPLETE", "PRUNED", "FAIL"))
+    """Trials of the study `name` that ended with a result or an error (Ray's searcher tells Optuna a trial that
+    ASHA stopped as COMPLETE; PRUNED ones never reported, e.g. cut by the time budget before their first epoch)."""
+    return sum(n for state, n in trial_states(name).items() if state in ("COMPLETE", "FAIL"))
+
+
+def interrupted(name: str) -> bool:
+    """Whether the study `name` has trials that started and did not end (an interrupted round to restore)."""
+    return trial_states(name).get("RUNNING", 0) > 0
+
+
+def forget_optuna_study(name: str) -> None:
+    if trial_states(name):
+        optuna.delete_study(study_name=name, storage=optuna_storage())
 
 
 def searcher(study: StudyConfig, nodes: list, done: int = 0) -> OptunaSearch:
@@ -187,7 +198,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study))
     client.update_run(parent, status="RUNNING")
-    tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes))
+    tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
+                             study.search.metric, study.mode)
     search = study.search
     at_once = f"{search.max_concurrent} at a time" if search.max_concurrent else "as resources allow"
     budget = f", for at most {search.time_budget_s:.0f} s" if search.time_budget_s else ""
@@ -203,15 +215,20 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base()),
                                     {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
+    if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
+        forget_optuna_study(study.name)
     try:
         results = None
-        if resume:
+        if resume and (interrupted(study.name) or not trial_states(study.name)):
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
                                  trials_done(study.name), search.time_budget_s, earlier_best(study))
             results = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
             view.on_experiment_end([])
             if not round_ended(results):
                 return results
+        if not trial_states(study.name) and resume:
+            print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
+            return results
         done = trials_done(study.name)
         if resume and done >= search.num_samples:
             print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")

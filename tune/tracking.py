@@ -94,16 +94,18 @@ def trial_runs(client: MlflowClient, parent_run_id: str, trial_id: str | None = 
 VIEW = "trials"  # the saved view of a study's runs table that `tune ui` opens
 
 
-def set_trials_view(client: MlflowClient, experiment: str, params: list[str]) -> None:
+def set_trials_view(client: MlflowClient, experiment: str, params: list[str], metric: str = "val_f1",
+                    mode: str = "max") -> None:
     """Save the view of the study's trials that `tune ui` opens: best first, with the scores and sampled params.
 
     MLflow 3 keeps saved views as experiment tags (mlflow.sharedViewState.KEY); a URL with
     viewStateShareKey=KEY opens one. Columns can be chosen only this way, not by URL parameters.
     """
-    columns = [f"metrics.`best_{m}`" for m in ("val_f1", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_acc",
-                                                "val_loss", "epoch")]
-    columns += ["tags.`tune.outcome`", *(f"params.`{p}`" for p in params)]
-    state = {"searchFilter": "tags.`tune.role` = 'trial'", "orderByKey": "metrics.`best_val_f1`", "orderByAsc": False,
+    shown = dict.fromkeys((metric, "val_f1", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_acc", "val_loss",
+                           "epoch"))
+    columns = [f"metrics.`best_{m}`" for m in shown] + ["tags.`tune.outcome`", *(f"params.`{p}`" for p in params)]
+    state = {"searchFilter": "tags.`tune.role` = 'trial'", "orderByKey": f"metrics.`best_{metric}`",
+             "orderByAsc": mode == "min",
              "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
              "selectedColumns": columns}
     now = int(time.time() * 1000)
@@ -191,6 +193,12 @@ class StudyTracker(tune.Callback):
 
     def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state; the client stays behind
         return {**self.__dict__, "_client": None}
+
+    def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
+        return {"runs": dict(self.runs), "best": dict(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs, self.best = state["runs"], state["best"]
 
     @property
     def client(self) -> MlflowClient:
