@@ -24,6 +24,8 @@ class SearchConfig(Strict):
     startup_trials: int = Field(10, ge=0, description="random trials before TPE or CMA-ES model the results")
     max_concurrent: int | None = Field(None, gt=0, description="trials at once; default: as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this")
+    max_failures: int = Field(2, ge=0, description="retries (from its last checkpoint) of a trial whose process "
+                              "died; a trial that fails by itself is not retried")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"
 
 

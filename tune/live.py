@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import ray._private.worker as ray_worker
 from ray import tune
 from tqdm import tqdm
 
@@ -38,6 +39,9 @@ def quiet_logs(log_file: Path) -> None:
     handler = _handler
     logging.lastResort = handler
     logging.captureWarnings(True)
+    # Ray prints the raylet's messages (a worker died, ...) to stdout with no switch to turn it off: to the log
+    ray_worker.print_to_stdstream = lambda data, ignore_prefix: logging.getLogger("ray").warning(
+        "(%s) %s", data.get("pid"), "\n".join(data.get("lines", [])))
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
@@ -79,8 +83,12 @@ class LiveView(tune.Callback):
     # What Ray calls
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.numbers:  # retried after its process died, or resumed
+            epoch = (trial.last_result or {}).get("epoch", 0)
+            self.say(f"#{self.numbers[trial.trial_id]} restarted after epoch {epoch}  (trial {trial.trial_id})")
+            return
         number = self._number(trial)
-        params = "  ".join(f"{k}={_value(v)}" for k, v in sorted(trial.config.items()))
+        params = "  ".join(f"{k}={_value(v)}" for k, v in sorted(trial.config.items())) or "no sampled values"
         self.say(f"#{number} started   {params}  (trial {trial.trial_id})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -97,6 +105,8 @@ class LiveView(tune.Callback):
         self.say(f"#{number} epoch {epoch}/{self.epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
+            return self.on_trial_error(iteration, trials, trial, **info)
         number, best = self._number(trial), self.trial_best.get(trial.trial_id)
         ended = {"finished": "finished", "stopped_early": "stopped early"}[outcome(trial, self.epochs)]
         score = f": best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else ""
@@ -105,6 +115,12 @@ class LiveView(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._trial_ended(f"#{self._number(trial)} failed after epoch {(trial.last_result or {}).get('epoch', 0)}: "
                           f"{first_line(error_text(trial))}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        reason = first_line(error_text(trial)).split(". ")[0][:120]
+        self.say(f"#{self._number(trial)} lost its process ({reason}): retrying after epoch {epoch}, "
+                 "from its checkpoint")
 
     def on_step(self, iteration, trials, **info):
         if self.bar is not None and self.budget:

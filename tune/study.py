@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from trainables import cache, data
 from trainables.config import AugmentConfig, UserError
 from trainables.models import check_backbone
-from trainables.trainable import train_trial
+from trainables.trainable import TRIAL_ERROR, train_trial
 from tune import live, space, tracking
 from tune.config import StudyConfig
 
@@ -162,8 +162,22 @@ def searcher(study: StudyConfig, nodes: list, done: int = 0) -> OptunaSearch:
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
                                                       warn_independent_sampling=False),
     }
-    return OptunaSearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
-                        sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
+    return StudySearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
+                       sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
+
+
+class StudySearch(OptunaSearch):
+    """Ray's Optuna searcher, which tells Optuna that a trial that failed by itself (it reported its error and
+    ended, to escape Ray's retries) failed, rather than finished without a value."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if TRIAL_ERROR not in result:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and TRIAL_ERROR in result:
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
 
 
 def scheduler(study: StudyConfig):
@@ -215,6 +229,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base()),
                                     {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a trial's failure report has no metric
     if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
         forget_optuna_study(study.name)
     try:
@@ -260,7 +275,7 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
             time_budget_s=search.time_budget_s),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(study_path(study.name).parent), callbacks=callbacks,
-            checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=2 if verbose else 0),
     )
 

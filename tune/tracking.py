@@ -25,6 +25,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from trainables.config import UserError, resolve_trial
 from trainables.data import class_names
 from trainables.metrics import per_class_report
+from trainables.trainable import TRIAL_ERROR
 
 STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
@@ -158,8 +159,9 @@ def log_table(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str)
 
 
 def outcome(trial, epochs: int) -> str:
-    """How a Ray trial ended: failed, finished (all its epochs), or stopped_early (by ASHA)."""
-    if trial.status == "ERROR":
+    """How a Ray trial ended: failed (by itself, or its process died too often), finished (all its epochs),
+    or stopped_early (by ASHA, or by the time budget)."""
+    if trial.status == "ERROR" or TRIAL_ERROR in (trial.last_result or {}):
         return "failed"
     return "finished" if (trial.last_result or {}).get("epoch", 0) >= epochs else "stopped_early"
 
@@ -174,7 +176,9 @@ def read_table(client: MlflowClient, run_id: str, name: str) -> pd.DataFrame | N
 
 
 def error_text(trial) -> str | None:
-    """A failed trial's traceback, from its local error file (not yet synced to storage when Ray reports)."""
+    """A failed trial's traceback: the one it reported, else Ray's local error file (not yet synced to storage)."""
+    if TRIAL_ERROR in (trial.last_result or {}):
+        return trial.last_result[TRIAL_ERROR]
     local = Path(trial.error_file) if getattr(trial, "error_file", None) else None
     if local is not None and local.is_file():
         return local.read_text()
@@ -229,6 +233,8 @@ class StudyTracker(tune.Callback):
         self._run_of(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if TRIAL_ERROR in result:  # its failure, logged when it completes
+            return
         run_id = self._run_of(trial)
         step, now = int(result["epoch"]), int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step) for k in (*METRICS, *STARTUP) if k in result]
@@ -239,6 +245,8 @@ class StudyTracker(tune.Callback):
             self.best[trial.trial_id] = {k: result[k] for k in (*METRICS, "epoch", "confusion") if k in result}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
+            return self.on_trial_error(iteration, trials, trial, **info)
         run_id = self._run_of(trial)
         self._log_best(trial, run_id)
         self.client.set_tag(run_id, "tune.outcome", outcome(trial, self.epochs))
