@@ -122,6 +122,29 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     assert [m.value for m in history if m.step == reported["epoch"]] == [reported["val_f1"]]
     assert client.get_registered_model("it").latest_versions
 
+    # an ensemble of the study's trials: at least as good on the validation persons as the best trial alone
+    ensembled = run(tmp_path, "export", "it", "--ensemble").stdout
+    assert "exported an ensemble of" in ensembled
+    manifest = json.loads((tmp_path / "exports" / "it-ensemble" / "ensemble.json").read_text())
+    assert manifest["members"] and sum(m["weight"] for m in manifest["members"]) == pytest.approx(1.0)
+    assert manifest["val_f1"] >= manifest["best_member_val_f1"]
+    from tune.predict import evaluate
+
+    ensemble_f1 = evaluate([str(tmp_path / "exports" / "it-ensemble")], str(demo_data))["f1"]
+    assert ensemble_f1 >= evaluate([str(out)], str(demo_data))["f1"]
+    assert ensemble_f1 == pytest.approx(manifest["val_f1"], abs=0.02)
+    assert client.get_run(parent.info.run_id).data.metrics["ensemble_val_f1"] == pytest.approx(manifest["val_f1"])
+    eval_dir = tmp_path / "eval"  # tune predict takes the ensemble export as one model
+    (eval_dir / "images").mkdir(parents=True)
+    photos = [p for p in sorted(demo_data.glob("images/*/*.jpg")) if not p.name.startswith(".")][:10]
+    for i, photo in enumerate(photos):
+        (eval_dir / "images" / f"{i}.jpg").write_bytes(photo.read_bytes())
+    (eval_dir / "info.csv").write_text("ImageID,ans\n" + "".join(f"{i}.jpg,0\n" for i in range(len(photos))))
+    run(tmp_path, "predict", "--model", str(tmp_path / "exports" / "it-ensemble"), "--data", str(eval_dir),
+        "--out", str(tmp_path / "submission.csv"))
+    answers = (tmp_path / "submission.csv").read_text().splitlines()[1:]
+    assert len(answers) == 10 and all(0 <= int(line.split(",")[1]) < 18 for line in answers)
+
     from tune.cli import main
 
     capsys.readouterr()

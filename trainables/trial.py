@@ -136,6 +136,8 @@ class Trial:
                    folder / "trainer.pt")
         (folder / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=1))
         (folder / "metrics.json").write_text(json.dumps(result, indent=1))
+        if getattr(self, "val_outputs", None) is not None:  # this epoch's validation outputs: for ensembles
+            np.save(folder / "val_outputs.npy", self.val_outputs.astype(np.float32))
 
     def load(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="folder to write (default: exports/STUDY)")
     export.add_argument("--metric", default="val_f1", help="the metric the best epoch is chosen by")
     export.add_argument("--mode", default="max", choices=["max", "min"])
+    export.add_argument("--ensemble", action="store_true", help="an ensemble of the study's trials chosen greedily "
+                        "on the validation persons (Caruana et al.), which tune predict takes as one model")
     export.add_argument("--tracking-uri")
     export.set_defaults(func=cmd_export)
 
@@ -188,10 +190,20 @@ def summarize(study) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tune.export import export_study
     from tune.tracking import tracking_uri
 
-    out = Path(args.out or Path("exports") / args.study)
+    out = Path(args.out or Path("exports") / (args.study + ("-ensemble" if args.ensemble else "")))
+    if args.ensemble:
+        from tune.ensemble import export_ensemble
+
+        manifest = export_ensemble(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode)
+        chosen = ", ".join(f"{m['trial_id']} (epoch {m['epoch']}) x{m['weight']:.2f}" for m in manifest["members"])
+        print(f"exported an ensemble of {len(manifest['members'])} of {manifest['candidates']} trials of "
+              f"{args.study} to {out}: validation F1 {manifest['val_f1']:.4f} (best trial alone "
+              f"{manifest['best_member_val_f1']:.4f})\n  {chosen}")
+        return 0
+    from tune.export import export_study
+
     metrics = export_study(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode)
     print(f"exported {args.study} (epoch {metrics.get('epoch')}, {args.metric} {metrics[args.metric]:.4f}) to {out}")
     return 0

@@ -27,6 +27,7 @@ from trainables.metrics import per_class_report
 from trainables.models import normalization
 from trainables.transforms import eval_transform
 from trainables.trial import pick_device
+from tune.ensemble import members as ensemble_members
 from tune.export import export_split, load_export
 from tune.score import format_score, scores
 
@@ -38,6 +39,7 @@ class Model:
     folder: str
     cfg: TrialConfig
     net: torch.nn.Module
+    weight: float = 1.0  # its share of the vote: an ensemble export's members have their chosen weights
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -45,8 +47,11 @@ class Model:
 
 
 def load_models(folders: list[str]) -> list[Model]:
-    """The exports, checked to cover mask, gender and age between them."""
-    models = [Model(str(folder), *load_export(folder)) for folder in folders]
+    """The exports (an ensemble export: its members), checked to cover mask, gender and age between them."""
+    models = []
+    for folder in folders:
+        for member, weight in ensemble_members(folder) or [(folder, 1.0)]:
+            models.append(Model(str(member), *load_export(member), weight=weight))
     covered = {task for model in models for task in model.tasks}
     missing = [task for task in TASKS if task not in covered]
     if missing:
@@ -78,14 +83,18 @@ def probabilities(model: Model, files: list[str], source: str, device: str, batc
     return outputs.task_probabilities(cfg, raw)
 
 
-def vote(per_model: list[dict[str, np.ndarray]], how: str = "soft") -> dict[str, np.ndarray]:
-    """Each task's combined probabilities (soft: their mean; hard: the share of votes, ties to the mean)."""
+def vote(per_model: list[dict[str, np.ndarray]], how: str = "soft",
+         weights: list[float] | None = None) -> dict[str, np.ndarray]:
+    """Each task's combined probabilities (soft: their weighted mean; hard: the weighted share of votes, ties to
+    the mean)."""
+    weights = weights or [1.0] * len(per_model)
     combined = {}
     for task in TASKS:
         given = [p[task] for p in per_model if task in p]
-        mean = np.mean(given, axis=0)
+        w = [weight for p, weight in zip(per_model, weights, strict=True) if task in p]
+        mean = np.average(given, axis=0, weights=w)
         if how == "hard":
-            votes = np.mean([np.eye(p.shape[1])[p.argmax(axis=1)] for p in given], axis=0)
+            votes = np.average([np.eye(p.shape[1])[p.argmax(axis=1)] for p in given], axis=0, weights=w)
             combined[task] = votes + 1e-6 * mean
         else:
             combined[task] = mean
@@ -102,7 +111,7 @@ def predict_classes(models: list[Model], files: list[str], source: str, device: 
             print(f"{model.folder}: task {model.cfg.task}, {model.cfg.model.backbone} at "
                   f"{model.cfg.model.image_size} px", flush=True)
         per_model.append(probabilities(model, files, source, device, batch, flip, progress))
-    return outputs.predicted_classes("all", vote(per_model, how))
+    return outputs.predicted_classes("all", vote(per_model, how, [m.weight for m in models]))
 
 
 def eval_files(eval_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:

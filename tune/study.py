@@ -35,18 +35,24 @@ def study_path(name: str) -> Path:
 
 def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
     """The checkpoint folder of the study's best epoch over all trials, and its metrics."""
+    return best_checkpoints(study, metric, mode)[0]
+
+
+def best_checkpoints(study: str, metric: str, mode: str) -> list[tuple[Path, dict]]:
+    """Each trial's best kept checkpoint folder and its metrics, the best trial first."""
     folder = study_path(study)
     if not folder.is_dir():
         raise UserError(f"no study named {study!r} in {folder.parent}")
-    scored = []
+    best: dict[Path, tuple[float, Path, dict]] = {}
     for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
         metrics = json.loads(metrics_file.read_text())
-        if metrics.get(metric) is not None:
-            scored.append((metrics[metric], metrics_file.parent, metrics))
-    if not scored:
+        value, trial = metrics.get(metric), metrics_file.parent.parent
+        if value is not None and (trial not in best or (value > best[trial][0]) == (mode == "max")):
+            best[trial] = (value, metrics_file.parent, metrics)
+    if not best:
         raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
-    scored.sort(key=lambda s: s[0], reverse=mode == "max")
-    return scored[0][1], scored[0][2]
+    ranked = sorted(best.values(), key=lambda s: s[0], reverse=mode == "max")
+    return [(checkpoint, metrics) for _, checkpoint, metrics in ranked]
 
 
 def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
