@@ -173,8 +173,8 @@ def summarize(study) -> int:
     """Print the study's trials and its best epoch over every round; exit code 1 when no trial has a result."""
     from tune.study import best_checkpoint, trial_states, trials_done
 
-    failed = trial_states(study.name).get("FAIL", 0)
-    print(f"\nstudy {study.name}: {trials_done(study.name)} trials, {failed} failed")
+    states = trial_states(study.name)
+    print(f"\nstudy {study.name}: {trials_done(study.name, states)} trials, {states['FAIL']} failed")
     try:
         checkpoint, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
     except UserError:

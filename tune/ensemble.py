@@ -34,10 +34,11 @@ def export_ensemble(study: str, out: Path, uri: str, metric: str = "val_f1", mod
         raise UserError(f"study {study!r} kept no validation outputs (made before ensembles): export one trial")
     configs = [TrialConfig.model_validate_json((c / "config.json").read_text()) for c, _ in candidates]
     first = configs[0]
-    split = data.split_persons(data.read_table(first.data.root, first.data.max_persons), first.data)
-    keep = [i for i, cfg in enumerate(configs) if cfg.task == first.task and _same_split(cfg, first, split)]
+    table = data.read_table(first.data.root, first.data.max_persons)
+    split = data.split_persons(table, first.data)
+    keep = [i for i, cfg in enumerate(configs) if cfg.task == first.task and _same_split(cfg, first, table, split)]
     candidates, configs = [candidates[i] for i in keep], [configs[i] for i in keep]
-    truth = validation_truth(first, split)
+    truth = validation_truth(table, split, first.data.score_age_bounds)
     probabilities = [outputs.task_probabilities(cfg, np.load(c / "val_outputs.npy"))
                      for cfg, (c, _) in zip(configs, candidates, strict=True)]
     counts, f1, best_single = select(probabilities, truth, first.task, max_steps)
@@ -61,21 +62,20 @@ def export_ensemble(study: str, out: Path, uri: str, metric: str = "val_f1", mod
     return manifest
 
 
-def _same_split(cfg: TrialConfig, first: TrialConfig, split: tuple[list[str], list[str]]) -> bool:
-    """Whether a trial validated on the first's persons in the same order (its searched values left no mark)."""
+def _same_split(cfg: TrialConfig, first: TrialConfig, table, split: tuple[list[str], list[str]]) -> bool:
+    """Whether a trial validated on the first's persons, in the same order (its searched values left no mark)."""
     if cfg.data == first.data:
         return True
-    if cfg.data.score_age_bounds != first.data.score_age_bounds:
-        return False
-    return data.split_persons(data.read_table(cfg.data.root, cfg.data.max_persons), cfg.data)[1] == split[1]
+    same_table = (cfg.data.root, cfg.data.max_persons) == (first.data.root, first.data.max_persons)
+    return (same_table and cfg.data.score_age_bounds == first.data.score_age_bounds
+            and data.split_persons(table, cfg.data)[1] == split[1])
 
 
-def validation_truth(cfg: TrialConfig, split: tuple[list[str], list[str]]) -> np.ndarray:
-    """The 18-class truth of the validation photos, in the order a trial validates them."""
-    table = data.read_table(cfg.data.root, cfg.data.max_persons)
+def validation_truth(table, split: tuple[list[str], list[str]], score_age_bounds) -> np.ndarray:
+    """The 18-class truth of the validation photos, in the order a trial validates them (`Trial.val_truth`)."""
     table = table[table["person"].isin(set(split[0]) | set(split[1]))]
     rows = table[~table["person"].isin(split[0]).to_numpy()]
-    return data.targets(rows, "all", cfg.data.score_age_bounds)
+    return data.targets(rows, "all", score_age_bounds)
 
 
 def score(probabilities: dict[str, np.ndarray], truth18: np.ndarray, task: str) -> float:

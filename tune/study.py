@@ -143,15 +143,11 @@ def trial_states(name: str) -> Counter:
     return Counter(t.state.name for t in trials)
 
 
-def trials_done(name: str) -> int:
+def trials_done(name: str, states: Counter | None = None) -> int:
     """Trials of the study `name` that ended with a result or an error (Ray's searcher tells Optuna a trial that
     ASHA stopped as COMPLETE; PRUNED ones never reported, e.g. cut by the time budget before their first epoch)."""
-    return sum(n for state, n in trial_states(name).items() if state in ("COMPLETE", "FAIL"))
-
-
-def interrupted(name: str) -> bool:
-    """Whether the study `name` has trials that started and did not end (an interrupted round to restore)."""
-    return trial_states(name).get("RUNNING", 0) > 0
+    states = trial_states(name) if states is None else states
+    return states["COMPLETE"] + states["FAIL"]
 
 
 def forget_optuna_study(name: str) -> None:
@@ -240,16 +236,18 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         forget_optuna_study(study.name)
     try:
         results = None
-        if resume and (interrupted(study.name) or not trial_states(study.name)):
+        states = trial_states(study.name) if resume else Counter()
+        # an interrupted round (trials that started and did not end), or a study from before the Optuna store
+        if resume and (states["RUNNING"] or not states):
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
-                                 trials_done(study.name), search.time_budget_s, earlier_best(study))
+                                 trials_done(study.name, states), search.time_budget_s, earlier_best(study))
             results = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
             view.on_experiment_end([])
             if not round_ended(results):
                 return results
-        if not trial_states(study.name) and resume:
-            print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
-            return results
+            if not states:
+                print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
+                return results
         done = trials_done(study.name)
         if resume and done >= search.num_samples:
             print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")

@@ -261,7 +261,6 @@ class StudyTracker(tune.Callback):
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 
-
     def _log_best(self, trial, run_id: str) -> None:
         """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
         best = self.best.get(trial.trial_id)
