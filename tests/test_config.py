@@ -104,3 +104,12 @@ def test_score_age_bounds_are_checked_like_the_training_bounds(tmp_path):
         load_study(write(tmp_path, "data: {score_age_bounds: [60, 30]}\n"))
     cfg = TrialConfig()
     assert cfg.data.age_bounds == cfg.data.score_age_bounds == (30, 60) and cfg.model.age_head == "classify"
+
+
+def test_time_budgets_read_as_durations():
+    from tune.config import parse_duration
+
+    assert [parse_duration(t) for t in ("1200", "90s", "20m", "1.5h", "1h30m")] == [1200, 90, 1200, 5400, 5400]
+    for wrong in ("", "soon", "20 minutes", "0", "-5m"):
+        with pytest.raises(UserError, match="time budget"):
+            parse_duration(wrong)

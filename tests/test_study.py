@@ -102,6 +102,13 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"study.yaml", "search_space.txt", "trials.json"} <= parent_artifacts
     assert parent.data.tags["tune.best_trial_id"]
+    # Optuna hears a trial ASHA stopped as PRUNED (ranked below the finished ones), not as a finished score
+    import optuna
+
+    states = {t.number + 1: t.state.name for t in optuna.load_study(
+        study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials}
+    by_outcome = {"finished": "COMPLETE", "stopped_early": "PRUNED", "failed": "FAIL"}
+    assert sorted(states.values()) == sorted(by_outcome[o] for o in outcomes)
 
     listed = run(tmp_path, "ls", str(tmp_path / "mlruns" / "ray" / "it"))  # Ray's own subcommand, through ours
     assert "trial_id" in listed.stdout
@@ -279,3 +286,63 @@ scheduler: {name: fifo}
     (child,) = children  # one MLflow run, every epoch once
     assert child.data.tags["tune.outcome"] == "finished"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1, 2, 3, 4, 5]
+
+
+def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=3, samples=200, lrs="[0.003, 0.03]")
+    started = time.monotonic()
+    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "70s")
+    took = time.monotonic() - started
+    assert took < 70 + 60, f"the study took {took:.0f} s for a budget of 70 s"
+    assert "within 1m10s" in done.stdout and "no more trials: a trial takes about" in done.stdout
+    client, parent, children = runs_of(tmp_path, "it")
+    assert 2 < len(children) < 200
+    outcomes = {c.data.tags["tune.outcome"] for c in children}
+    assert outcomes <= {"finished", "stopped_early", "cut"} and "finished" in outcomes
+    best = client.get_run(parent.info.run_id).data.tags["tune.best_trial_id"]
+    assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
+    # anytime performance on the parent run: the best so far against seconds, rising, and its plot
+    history = client.get_metric_history(parent.info.run_id, "best_so_far_val_f1")
+    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 70
+    assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch):
+    from tune.study import best_checkpoints
+    from tune.tracking import CUT_MARKER
+
+    monkeypatch.chdir(tmp_path)
+    for trial, value in (("trial_a", 0.5), ("trial_b", 0.9)):
+        folder = tmp_path / "mlruns" / "ray" / "s" / trial / "checkpoint_000001"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"val_f1": value, "epoch": 1}))
+    (tmp_path / "mlruns" / "ray" / "s" / "trial_b" / CUT_MARKER).write_text("cut")
+    assert [m["val_f1"] for _, m in best_checkpoints("s", "val_f1", "max")] == [0.5]
+
+
+def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
+    import optuna
+
+    from tune import space
+    from tune.config import load_study
+    from tune.study import TRIAL_START_S, searcher
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(study_file(tmp_path, epochs=4, scheduler="fifo"))
+    nodes = space.parse_space(study.space, study.trial_base(), "study.yaml")
+    search = searcher(study, nodes, 0, deadline=time.time() + 110)
+    assert search.suggest("a") and search.suggest("b")  # nothing measured yet: trials start
+    search.on_trial_result("a", {"val_f1": 0.3, "epoch": 1, "time_total_s": 20.0, "training_iteration": 1})
+    assert search.trial_seconds() == 4 * 20.0 + TRIAL_START_S  # 90 s: fits in what is left
+    assert search.suggest("c")
+    search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 30.0, "training_iteration": 1})
+    # a full trial (4 x 30 s + 10 s) no longer fits in the 110 s left, 3 epochs do: a shorter trial starts instead
+    shorter = search.suggest("d")
+    assert shorter["train.epochs"] == 3 and "optimizer.name" in shorter
+    search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 60.0, "training_iteration": 1})
+    assert search.suggest("e") == "FINISHED" and "takes about 250 s" in search.refused  # not even half of it fits
+    search.on_trial_complete("d", {"val_f1": 0.4, "epoch": 3, "time_total_s": 90.0, "training_iteration": 3})
+    search.on_trial_complete("a", {"val_f1": 0.3, "epoch": 1, "time_total_s": 20.0, "training_iteration": 1})
+    trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
+    assert trials[0].state.name == "PRUNED" and trials[0].intermediate_values == {1: 0.3}  # stopped before epoch 4
+    assert trials[3].state.name == "COMPLETE" and trials[3].value == 0.4  # the shorter trial reached its last epoch

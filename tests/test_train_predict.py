@@ -141,3 +141,24 @@ def test_soft_and_hard_votes():
     assert vote([a, b, c], "soft")["mask"].argmax() == 1  # mean 0.38 / 0.55
     assert vote([a, b, c], "hard")["mask"].argmax() == 0  # two votes to one
     np.testing.assert_allclose(vote([a, b], "soft")["gender"], a["gender"])
+
+
+def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, capsys):
+    import time
+
+    config = config_file(tmp_path, "all", demo_data)
+    started = time.monotonic()
+    assert main(["train", config, "--epochs", "500", "--time-budget", "20s", "--out", str(tmp_path / "budget"), "--tracking-uri",
+                 store]) == 0
+    took = time.monotonic() - started
+    printed = capsys.readouterr().out
+    epochs = int(printed.split("stopped after epoch ")[1].split(":")[0])
+    assert 1 <= epochs < 500 and "would end after the time budget" in printed
+    # no epoch started that would end after the budget: the run ends about when it does, the export after it
+    assert took < 20 + 15
+    assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["epoch"] <= epochs
+    assert main(["train", config, "--time-budget", "20 minutes", "--out", str(tmp_path / "x"),
+                 "--tracking-uri", store]) == 2
+    assert main(["train", config, "--time-budget", "1m", "--folds", "3", "--out", str(tmp_path / "x"),
+                 "--tracking-uri", store]) == 2
+    assert "not --folds" in capsys.readouterr().err

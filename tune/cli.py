@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
     run.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial; 0.25 = four trials per GPU")
     run.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
+    run.add_argument("--time-budget", metavar="DURATION", help="end the study this long after the command starts, "
+                     "e.g. 40m or 1h30m (search.time_budget_s): no trial starts that would not finish before then")
     run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any key of the YAML by its dotted path, e.g. train.epochs=3 (repeatable)")
@@ -81,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--full", action="store_true", help="train on every person, no validation (the final model)")
     how.add_argument("--folds", type=int, metavar="K", help="K models on person-stratified folds; out-of-fold F1")
     train.add_argument("--out", help="the export folder (default: exports/CONFIG-KIND-TIME)")
+    train.add_argument("--time-budget", metavar="DURATION", help="train as many epochs (up to train.epochs) as end "
+                       "within this wall time from the start, e.g. 20m: no epoch starts that would end after it")
     train.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU threads and loader workers")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     train.add_argument("--experiment", default="train", help="the MLflow experiment (default: train)")
@@ -155,17 +159,21 @@ def overrides(sets: list[str], flags: dict) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
     from tune import study as studies
-    from tune.config import load_study
+    from tune.config import load_study, parse_duration
     from tune.tracking import tracking_uri
 
+    started = time.time()  # the time budget counts the checks and the photo cache too
     flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
              "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
-             "search.max_concurrent": args.max_concurrent}
+             "search.max_concurrent": args.max_concurrent,
+             "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None}
     study = load_study(args.space, overrides(args.set, flags))
     studies.check_name(study.name, args.resume)
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
-    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose)
+    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose, started)
     return summarize(study)
 
 
@@ -220,10 +228,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tune.config import load_study
+    from tune.config import load_study, parse_duration
     from tune.tracking import tracking_uri
     from tune.train import default_out, train
 
+    budget = parse_duration(args.time_budget) if args.time_budget else None
     study = load_study(args.config, overrides(args.set, {"data.root": args.data, "train.epochs": args.epochs}))
     if study.space:
         print(f"note: {args.config} has a search space; tune train trains its fixed values and ignores the space")
@@ -231,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{args.config}: no data folder: set data: in the file or pass --data DIR")
     out = Path(args.out) if args.out else default_out(args.config, args.full, args.folds)
     summary = train(study.trial_defaults(), out, tracking_uri(args.tracking_uri), args.experiment, args.full,
-                    args.folds, args.cpus)
+                    args.folds, args.cpus, budget)
     print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
     return 0
 

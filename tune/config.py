@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,8 @@ class SearchConfig(Strict):
     num_samples: int = Field(8, gt=0, description="trials to run (a resumed study grows to this many)")
     startup_trials: int = Field(10, ge=0, description="random trials before TPE or CMA-ES model the results")
     max_concurrent: int | None = Field(None, gt=0, description="trials at once; default: as resources allow")
-    time_budget_s: float | None = Field(None, gt=0, description="stop starting and running trials after this")
+    time_budget_s: float | None = Field(None, gt=0, description="wall seconds from the start of `tune run` to the "
+                                        "study's end: no trial starts that would not finish before it (--time-budget)")
     max_failures: int = Field(2, ge=0, description="retries (from its last checkpoint) of a trial whose process "
                               "died; a trial that fails by itself is not retried")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"
@@ -76,6 +78,17 @@ def parse_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a wall-clock duration: 1200, 90s, 20m, 1.5h or 1h30m."""
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or parts is None:
+        raise UserError(f"a time budget is a duration such as 1200, 90s, 20m, 1.5h or 1h30m; got {text!r}")
+    seconds = sum(float(v) * unit for v, unit in zip(parts.groups(), (3600, 60, 1), strict=True) if v)
+    if seconds <= 0:
+        raise UserError(f"a time budget must be more than zero, got {text!r}")
+    return seconds
 
 
 def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:

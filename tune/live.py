@@ -49,6 +49,14 @@ def quiet_logs(log_file: Path) -> None:
         logger.setLevel(logging.INFO)
 
 
+def say(line: str) -> None:
+    """A line of the study's live output (under its progress bar when there is one)."""
+    if _current is not None:
+        _current.say(line)
+    else:
+        print(line, flush=True)
+
+
 def current_view() -> tune.Callback:
     """The view of this process's study: what a LiveView restored from Ray's saved experiment becomes
     (a silent callback where no view was started, e.g. a Tuner.restore of one's own)."""
@@ -59,20 +67,22 @@ class LiveView(tune.Callback):
     """Ray Tune callback printing trial events, with a progress bar over trials (or the time budget)."""
 
     def __init__(self, metric: str, mode: str, epochs: int, num_samples: int, done_before: int = 0,
-                 time_budget_s: float | None = None, best: tuple[float, str] | None = None, stream=None):
+                 deadline: float | None = None, best: tuple[float, str] | None = None, stream=None):
+        """deadline: when the time budget ends (time.time()), for the bar and to tell trials it cut."""
         global _current
         self.metric, self.mode, self.epochs = metric, mode, epochs
-        self.total, self.done, self.budget = num_samples, done_before, time_budget_s
+        self.total, self.done, self.deadline = num_samples, done_before, deadline
         self.first = done_before + 1  # the number of this round's first trial
         self.stream = stream or sys.stdout
         self.numbers: dict[str, int] = {}  # Ray trial id -> the trial's number in this study (1, 2, ...)
         self.trial_best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best value, its epoch)
         self.best = best  # (value, which trial) of the best epoch so far
         self.start = time.time()
+        self.budget = deadline - self.start if deadline else None
         self.bar: tqdm | None = None
         if _terminal_width(self.stream) > 0:
-            total, unit = (int(time_budget_s), "s") if time_budget_s else (num_samples, "trial")
-            self.bar = tqdm(total=total, initial=0 if time_budget_s else done_before, unit=unit, file=self.stream,
+            total, unit = (int(self.budget), "s") if self.budget else (num_samples, "trial")
+            self.bar = tqdm(total=total, initial=0 if self.budget else done_before, unit=unit, file=self.stream,
                             dynamic_ncols=True, leave=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s "
                             "[{elapsed}<{remaining}{postfix}]")
         _current = self
@@ -102,13 +112,15 @@ class LiveView(tune.Callback):
             self.best, mark = (value, f"#{number}"), "  * best so far"
         losses = "  ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "train_loss") if k in result)
         seconds = f"  {result['epoch_time_s']:.1f}s" if "epoch_time_s" in result else ""
-        self.say(f"#{number} epoch {epoch}/{self.epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
+        epochs = trial.config.get("train.epochs", self.epochs)  # a trial the time budget shortened has its own
+        self.say(f"#{number} epoch {epoch}/{epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
             return self.on_trial_error(iteration, trials, trial, **info)
         number, best = self._number(trial), self.trial_best.get(trial.trial_id)
-        ended = {"finished": "finished", "stopped_early": "stopped early"}[outcome(trial, self.epochs)]
+        ended = {"finished": "finished", "stopped_early": "stopped early",
+                 "cut": "cut by the time budget (not exported)"}[outcome(trial, self.epochs, self.deadline)]
         score = f": best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else ""
         self._trial_ended(f"#{number} {ended} after epoch {(trial.last_result or {}).get('epoch', 0)}{score}")
 
@@ -155,8 +167,8 @@ class LiveView(tune.Callback):
                 self.bar.update(1)
             self.bar.set_postfix_str(best)
         else:
-            budget = f" of {_duration(self.budget)}" if self.budget else ""
-            self.say(f"-- {self.done}/{self.total} trials, {best}, {_duration(time.time() - self.start)}{budget}")
+            budget = f" of {duration(self.budget)}" if self.budget else ""
+            self.say(f"-- {self.done}/{self.total} trials, {best}, {duration(time.time() - self.start)}{budget}")
 
 
 def first_line(error: str | None) -> str:
@@ -177,6 +189,6 @@ def _value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

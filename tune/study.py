@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import cache, data
@@ -27,6 +29,7 @@ from tune.config import StudyConfig
 RAY_DIR = Path("mlruns") / "ray"  # Ray Tune's experiment folders (trial checkpoints), one per study
 OPTUNA_DB = Path("mlruns") / "optuna.db"  # the Optuna studies (optuna-dashboard sqlite:///mlruns/optuna.db)
 LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
+TRIAL_START_S = 10.0  # a trial's start beyond its own clock (Ray's worker and actor), in the time budget's plan
 
 
 def study_path(name: str) -> Path:
@@ -39,7 +42,8 @@ def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
 
 
 def best_checkpoints(study: str, metric: str, mode: str) -> list[tuple[Path, dict]]:
-    """Each trial's best kept checkpoint folder and its metrics, the best trial first."""
+    """Each trial's best kept checkpoint folder and its metrics, the best trial first (trials the time budget
+    cut before their last epoch left out)."""
     folder = study_path(study)
     if not folder.is_dir():
         raise UserError(f"no study named {study!r} in {folder.parent}")
@@ -47,6 +51,8 @@ def best_checkpoints(study: str, metric: str, mode: str) -> list[tuple[Path, dic
     for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
         metrics = json.loads(metrics_file.read_text())
         value, trial = metrics.get(metric), metrics_file.parent.parent
+        if (trial / tracking.CUT_MARKER).is_file():  # cut half-trained by the time budget: never the best
+            continue
         if value is not None and (trial not in best or (value > best[trial][0]) == (mode == "max")):
             best[trial] = (value, metrics_file.parent, metrics)
     if not best:
@@ -144,10 +150,10 @@ def trial_states(name: str) -> Counter:
 
 
 def trials_done(name: str, states: Counter | None = None) -> int:
-    """Trials of the study `name` that ended with a result or an error (Ray's searcher tells Optuna a trial that
-    ASHA stopped as COMPLETE; PRUNED ones never reported, e.g. cut by the time budget before their first epoch)."""
+    """Trials of the study `name` that ended: finished (COMPLETE), failed (FAIL), or stopped before their last
+    epoch by ASHA or the time budget (PRUNED: Optuna ranks them below every finished trial, by their last epoch)."""
     states = trial_states(name) if states is None else states
-    return states["COMPLETE"] + states["FAIL"]
+    return states["COMPLETE"] + states["FAIL"] + states["PRUNED"]
 
 
 def forget_optuna_study(name: str) -> None:
@@ -155,8 +161,9 @@ def forget_optuna_study(name: str) -> None:
         optuna.delete_study(study_name=name, storage=optuna_storage())
 
 
-def searcher(study: StudyConfig, nodes: list, done: int = 0) -> OptunaSearch:
-    """Optuna's sampler in Ray's searcher, over the study's Optuna study (which holds the `done` trials before)."""
+def searcher(study: StudyConfig, nodes: list, done: int = 0, deadline: float | None = None) -> OptunaSearch:
+    """Optuna's sampler in Ray's searcher, over the study's Optuna study (which holds the `done` trials before);
+    with a `deadline` (time.time()), it starts no trial that would not reach its last epoch before it."""
     seed, startup = study.search.seed + done, study.search.startup_trials  # a grown study draws new random points
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
@@ -164,21 +171,63 @@ def searcher(study: StudyConfig, nodes: list, done: int = 0) -> OptunaSearch:
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
                                                       warn_independent_sampling=False),
     }
-    return StudySearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
-                       sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
+    search = StudySearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
+                         sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
+    search.plan(study.scheduler.max_t, deadline)
+    return search
 
 
 class StudySearch(OptunaSearch):
-    """Ray's Optuna searcher, which tells Optuna that a trial that failed by itself (it reported its error and
-    ended, to escape Ray's retries) failed, rather than finished without a value."""
+    """Ray's Optuna searcher, corrected in what it tells Optuna, and planning a time budget.
+
+    - A trial that failed by itself (it reported its error and ended, to escape Ray's retries) is FAIL, not a
+      COMPLETE trial without a value.
+    - A trial stopped before its last epoch (by ASHA, or cut by the time budget) is PRUNED, not COMPLETE: Ray's
+      searcher would give TPE its epoch-2 score as if it were a finished trial's. Optuna ranks PRUNED trials
+      below the finished ones, by the epoch they reached and their last score there.
+    - With a deadline, no trial starts that would not reach its last epoch before it: a full trial's time is
+      the slowest pace seen so far (seconds per epoch since its start, start-up included) times the epochs. When a
+      full trial no longer fits but one of at least half its epochs does, that shorter trial starts instead
+      (`train.epochs` set in its config: its schedule ends at its own last epoch), so the budget is used to its end.
+    """
+
+    def plan(self, max_epochs: int, deadline: float | None) -> None:
+        self.max_epochs, self.deadline = max_epochs, deadline
+        self.pace: dict[str, float] = {}  # Ray trial id -> seconds per epoch since the trial started
+        self.epochs: dict[str, int] = {}  # Ray trial id -> its epochs, where the budget shortened it
+        self.refused: str | None = None  # why the last trial was not started
+
+    def trial_seconds(self) -> float | None:
+        """What a new trial is expected to take to its last epoch (None: no trial has reported yet)."""
+        return max(self.pace.values()) * self.max_epochs + TRIAL_START_S if self.pace else None
+
+    def suggest(self, trial_id: str):
+        needed = self.trial_seconds() if self.deadline is not None else None
+        if needed is None or time.time() + needed <= self.deadline:
+            return super().suggest(trial_id)
+        left = self.deadline - time.time()
+        fits = int((left - TRIAL_START_S) / max(self.pace.values()))
+        if fits < max(1, (self.max_epochs + 1) // 2):
+            self.refused = f"a trial takes about {needed:.0f} s and {max(0.0, left):.0f} s of the time budget are left"
+            live.say(f"no more trials: {self.refused}")
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config["train.epochs"] = self.epochs[trial_id] = fits
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if TRIAL_ERROR not in result:
-            super().on_trial_result(trial_id, result)
+        if TRIAL_ERROR in result:
+            return
+        if result.get("epoch"):
+            self.pace[trial_id] = result["time_total_s"] / result["epoch"]
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and TRIAL_ERROR in result:
             result, error = None, True
+        elif result and result.get("epoch", 0) < self.epochs.get(trial_id, self.max_epochs):  # stopped early
+            result = None
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -196,9 +245,12 @@ def settings(study: StudyConfig) -> dict:
 
 
 def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None,
-              verbose: bool = False):
+              verbose: bool = False, started: float | None = None):
     """Run the study to `search.num_samples` trials and return Ray's ResultGrid of its last round.
 
+    With `search.time_budget_s`, the study ends that long after `started` (time.time(), default now: the
+    command's start, so that checking and caching the data count): no trial starts that would not finish before
+    then (`StudySearch`), and a trial still running then is cut, marked so, and never exported.
     A new study is one round of trials. `resume` first finishes an interrupted round (Ray restores it), then,
     when the study has fewer trials than `num_samples`, runs a new round for the rest: its searcher reads the
     Optuna study, so it chooses knowing every earlier trial.
@@ -217,10 +269,12 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
     tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
                              study.search.metric, study.mode)
     search = study.search
+    deadline = (started or time.time()) + search.time_budget_s if search.time_budget_s else None
     at_once = f"{search.max_concurrent} at a time" if search.max_concurrent else "as resources allow"
-    budget = f", for at most {search.time_budget_s:.0f} s" if search.time_budget_s else ""
-    print(f"study {study.name}: {search.num_samples} trials ({at_once}{budget}), {study.scheduler.name} scheduler, "
-          f"{search.algorithm} search; " + ("Ray's output below" if verbose else f"logs in {LOG_DIR / study.name}.log"),
+    budget = f", within {live.duration(search.time_budget_s)}" if search.time_budget_s else ""
+    print(f"study {study.name}: up to {search.num_samples} trials ({at_once}{budget}), {study.scheduler.name} "
+          f"scheduler, {search.algorithm} search; "
+          + ("Ray's output below" if verbose else f"logs in {LOG_DIR / study.name}.log"),
           flush=True)
     # Trials import `trainables` from this checkout, wherever Ray starts their worker processes.
     project = str(Path(__file__).resolve().parent.parent)
@@ -240,7 +294,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         # an interrupted round (trials that started and did not end), or a study from before the Optuna store
         if resume and (states["RUNNING"] or not states):
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
-                                 trials_done(study.name, states), search.time_budget_s, earlier_best(study))
+                                 trials_done(study.name, states), None, earlier_best(study))
             results = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
             view.on_experiment_end([])
             if not round_ended(results):
@@ -256,27 +310,29 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
                 print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
             client.update_run(parent, status="RUNNING")
             tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
-                                            search.metric, study.mode)
+                                            search.metric, study.mode, deadline)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
-                                 search.time_budget_s, earlier_best(study))
-            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose)
+                                 deadline, earlier_best(study))
+            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline)
             results = tuner.fit()
         return results
     finally:
         ray.shutdown()
 
 
-def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool) -> tune.Tuner:
-    """A Tuner for the study's trials after its first `done`, in the study's Ray folder."""
+def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool,
+              deadline: float | None = None) -> tune.Tuner:
+    """A Tuner for the study's trials after its first `done`, in the study's Ray folder, ending by `deadline`."""
     search = study.search
     checkpoints = tune.CheckpointConfig(num_to_keep=study.train.keep_checkpoints,
                                         checkpoint_score_attribute=search.metric, checkpoint_score_order=study.mode)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done), scheduler=scheduler(study),
-            num_samples=search.num_samples - done, max_concurrent_trials=search.max_concurrent,
-            time_budget_s=search.time_budget_s),
+            metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done, deadline),
+            scheduler=scheduler(study), num_samples=search.num_samples - done,
+            max_concurrent_trials=search.max_concurrent,
+            time_budget_s=max(1.0, deadline - time.time()) if deadline else None),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(study_path(study.name).parent), callbacks=callbacks,
             checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=search.max_failures),

@@ -31,6 +31,7 @@ STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
            "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_age_mae")
 STARTUP = ("startup_data_s", "startup_model_s", "first_step_s")  # with a trial's first epoch in its process
+CUT_MARKER = "cut_by_time_budget.txt"  # in a trial's folder: the time budget ended it before its last epoch
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -158,12 +159,14 @@ def log_table(client: MlflowClient, run_id: str, table: pd.DataFrame, name: str)
     client.log_dict(run_id, json.loads(table.to_json(orient="split", index=False)), name)
 
 
-def outcome(trial, epochs: int) -> str:
+def outcome(trial, epochs: int, deadline: float | None = None) -> str:
     """How a Ray trial ended: failed (by itself, or its process died too often), finished (all its epochs),
-    or stopped_early (by ASHA, or by the time budget)."""
+    stopped_early (by ASHA), or cut (still training at the time budget's `deadline`, a time.time())."""
     if trial.status == "ERROR" or TRIAL_ERROR in (trial.last_result or {}):
         return "failed"
-    return "finished" if (trial.last_result or {}).get("epoch", 0) >= epochs else "stopped_early"
+    if (trial.last_result or {}).get("epoch", 0) >= trial.config.get("train.epochs", epochs):  # its own, if set
+        return "finished"
+    return "cut" if deadline is not None and time.time() >= deadline else "stopped_early"
 
 
 def read_table(client: MlflowClient, run_id: str, name: str) -> pd.DataFrame | None:
@@ -188,21 +191,24 @@ def error_text(trial) -> str | None:
 class StudyTracker(tune.Callback):
     """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics."""
 
-    def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str):
+    def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str,
+                 deadline: float | None = None):
         self.uri, self.study, self.parent = uri, study, parent_run_id
-        self.base, self.epochs, self.metric, self.mode = base, epochs, metric, mode
+        self.base, self.epochs, self.metric, self.mode, self.deadline = base, epochs, metric, mode, deadline
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.best: dict[str, dict] = {}  # Ray trial id -> its best result so far
+        self.start = time.time()
+        self.anytime: list[tuple[float, float]] = []  # (seconds into the round, the study's best so far)
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state; the client stays behind
         return {**self.__dict__, "_client": None}
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
-        return {"runs": dict(self.runs), "best": dict(self.best)}
+        return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime)}
 
     def set_state(self, state: dict) -> None:
-        self.runs, self.best = state["runs"], state["best"]
+        self.runs, self.best, self.anytime = state["runs"], state["best"], state.get("anytime", [])
 
     @property
     def client(self) -> MlflowClient:
@@ -241,15 +247,25 @@ class StudyTracker(tune.Callback):
         self.client.log_batch(run_id, metrics=metrics)
         best = self.best.get(trial.trial_id)
         value = result[self.metric]
-        if best is None or (value > best[self.metric] if self.mode == "max" else value < best[self.metric]):
+        if best is None or self._better(value, best[self.metric]):
             self.best[trial.trial_id] = {k: result[k] for k in (*METRICS, "epoch", "confusion") if k in result}
+        if not self.anytime or self._better(value, self.anytime[-1][1]):  # anytime performance: the best so far
+            self.anytime.append((time.time() - self.start, value))
+            self.client.log_metric(self.parent, f"best_so_far_{self.metric}", value, step=int(self.anytime[-1][0]))
+
+    def _better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
             return self.on_trial_error(iteration, trials, trial, **info)
-        run_id = self._run_of(trial)
+        run_id, ended = self._run_of(trial), outcome(trial, self.epochs, self.deadline)
         self._log_best(trial, run_id)
-        self.client.set_tag(run_id, "tune.outcome", outcome(trial, self.epochs))
+        self.client.set_tag(run_id, "tune.outcome", ended)
+        if ended == "cut":  # half-trained: the export and ensembles leave it out
+            fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            with fs.open_output_stream(f"{folder}/{CUT_MARKER}") as f:
+                f.write(b"the time budget ended this trial before its last epoch\n")
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -281,7 +297,8 @@ class StudyTracker(tune.Callback):
         for trial in trials:
             best = self.best.get(trial.trial_id, {})
             epochs = (trial.last_result or {}).get("epoch", 0)
-            rows.append({"trial_id": trial.trial_id, "outcome": outcome(trial, self.epochs), "epochs": epochs,
+            rows.append({"trial_id": trial.trial_id, "outcome": outcome(trial, self.epochs, self.deadline),
+                         "epochs": epochs,
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
@@ -292,11 +309,30 @@ class StudyTracker(tune.Callback):
         if len(table):
             log_table(self.client, self.parent, table, "trials.json")
         scored = table.dropna(subset=[f"best_{self.metric}"]) if len(table) else table
+        scored = scored[scored["outcome"] != "cut"] if len(scored) else scored
+        if self.anytime:
+            self.client.log_figure(self.parent, anytime_figure(self.anytime, self.metric, self.deadline and
+                                                               self.deadline - self.start), "anytime.png")
+            plt.close("all")
         if len(scored):
             best_row = scored.sort_values(f"best_{self.metric}", ascending=self.mode == "min").iloc[0]
             self.client.set_tag(self.parent, "tune.best_trial_id", best_row["trial_id"])
             self.client.log_metric(self.parent, f"best_{self.metric}", float(best_row[f"best_{self.metric}"]))
         self.client.set_terminated(self.parent, "FINISHED")
+
+
+def anytime_figure(points: list[tuple[float, float]], metric: str, budget_s: float | None):
+    """The study's best `metric` so far against wall time (anytime performance), with the time budget's end."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    minutes = [t / 60 for t, _ in points]
+    end = max(minutes[-1], (budget_s or 0) / 60)
+    ax.step(minutes + [end], [v for _, v in points] + [points[-1][1]], where="post")
+    if budget_s:
+        ax.axvline(budget_s / 60, color="gray", linestyle="--", label="time budget")
+        ax.legend(loc="lower right")
+    ax.set(xlabel="minutes since the study started", ylabel=f"best {metric} so far", title="Anytime performance")
+    fig.tight_layout()
+    return fig
 
 
 def confusion_figure(confusion: list[list[int]], names: list[str], title: str):

@@ -4,6 +4,8 @@
     tune train CONFIG.yaml --full         every person, no validation: the final model (its last epoch)
     tune train CONFIG.yaml --folds K      K models on person-stratified folds (each keeps its last epoch), and
                                           their out-of-fold macro F1
+    tune train CONFIG.yaml --time-budget 20m   as many epochs (up to train.epochs) as end within 20 minutes of
+                                          the command's start: no epoch starts that would end after it
 
 Each model is written as an export (the same files as `tune export`), so `tune predict` and `tune evaluate`
 take it, and tracked in MLflow (experiment `train`, or `--experiment`): a run per model with its config as
@@ -28,9 +30,11 @@ METRIC = "val_f1"
 
 
 def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, split=None, parent: str | None = None,
-              name: str | None = None, keep: str = "best") -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
+              name: str | None = None, keep: str = "best", deadline: float | None = None
+              ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
-    its last: keep="last", and always without validation). Returns the kept epoch's metrics and, with
+    its last: keep="last", and always without validation). With a `deadline` (time.monotonic()), no epoch starts
+    that the longest epoch so far says would end after it. Returns the kept epoch's metrics and, with
     validation, (the model's outputs, the truth) of the validation photos at that epoch."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
@@ -40,7 +44,13 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
     try:
         trial = Trial(cfg, cpus=cpus, progress=True, split=split)
         out.mkdir(parents=True, exist_ok=True)
+        longest = 0.0
         while trial.epoch < cfg.train.epochs:
+            if deadline is not None and trial.epoch and time.monotonic() + longest > deadline:
+                print(f"stopped after epoch {trial.epoch}: another (about {longest:.0f} s) would end after the "
+                      f"time budget", flush=True)
+                break
+            started = time.monotonic()
             result = trial.run_epoch()
             for key, value in result.items():
                 if isinstance(value, (int, float)):
@@ -51,6 +61,7 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.model, str(out / "model.safetensors"))
+            longest = max(longest, time.monotonic() - started)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
         write_export(out, cfg, kept, (trial.train_persons, trial.val_persons))
     except BaseException:
@@ -62,8 +73,12 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
 
 
 def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full: bool = False,
-          folds: int | None = None, cpus: int = 1) -> dict:
-    """Train as asked (split, --full or --folds) and return the summary that is printed."""
+          folds: int | None = None, cpus: int = 1, time_budget_s: float | None = None) -> dict:
+    """Train as asked (split, --full or --folds; a time budget for the first two) and return the summary that
+    is printed."""
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
+    if deadline is not None and folds is not None:
+        raise UserError("--time-budget trains one model (the split or --full), not --folds")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --out with a new folder")
     table = data.read_table(cfg.data.root, cfg.data.max_persons)
@@ -71,10 +86,10 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     client = tracking.connect(uri)
     if full:
         persons = sorted(table["person"].unique())
-        result, _ = train_one(cfg, out, client, experiment, cpus, split=(persons, []))
+        result, _ = train_one(cfg, out, client, experiment, cpus, split=(persons, []), deadline=deadline)
         return {"export": str(out), "persons": len(persons), "epochs": result["epoch"]}
     if splits is None:
-        result, _ = train_one(cfg, out, client, experiment, cpus)
+        result, _ = train_one(cfg, out, client, experiment, cpus, deadline=deadline)
         return {"export": str(out), "epoch": result["epoch"], METRIC: result[METRIC]}
     parent = client.create_run(tracking.experiment_id(client, experiment), run_name=f"{out.name} ({folds} folds)",
                                tags={"tune.role": "folds"}).info.run_id
