@@ -1,0 +1,185 @@
+"""Does the search beat the hand recipe at the same wall-clock budget? Both sides on the real faces of ../shared.
+
+    .venv/bin/python benchmarks/search_quality.py --budget 20m            (about 45 minutes on 2 cores)
+    .venv/bin/python benchmarks/search_quality.py --budget 40m --side service
+
+(a) recipe: `tune train benchmarks/recipe.yaml --time-budget` (resnet18 at 96 px, Adam 1e-3 constant, the whole
+    photo, flip only) for as many epochs as fit, then `tune predict` on the eval persons;
+(b) service: `tune run SPACE --time-budget`, then `tune export --ensemble` and `tune predict --tta flip`,
+    as a user turns a study into a submission.
+Each side starts from an empty photo cache and its own MLflow store (decoding counts), and its clock runs from
+its first command to its submission; both submissions are scored by `tune score` against the hidden answers.
+The part of B left for exporting and predicting (--reserve) is measured on this machine, not a guess.
+
+Writes benchmarks/results/search-quality-<device>.json (-40m.json etc. for other budgets; a side run alone keeps
+the other side's last numbers at the same budget)
+and the commands' logs under --work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNE = [sys.executable, "-m", "tune"]
+SHARED = ROOT.parent / "shared"
+SCORES = {"f1_18": "macro F1, 18 classes", "f1_mask": "macro F1, mask", "f1_gender": "macro F1, gender",
+          "f1_age": "macro F1, age band"}
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "-")
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def run(cmd: list[str], log: Path, cwd: Path, env: dict) -> str:
+    """Run a command, its output appended to log; returns the output. Raises when it fails."""
+    started = time.monotonic()
+    out = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n{out.stdout}\n[{time.monotonic() - started:.0f} s, exit {out.returncode}]\n")
+    if out.returncode != 0:
+        raise SystemExit(f"failed ({out.returncode}): {' '.join(cmd)}; see {log}")
+    return out.stdout
+
+
+def score(submission: Path, answers: Path, log: Path, cwd: Path, env: dict) -> dict:
+    text = run(TUNE + ["score", str(submission), str(answers)], log, cwd, env)
+    return {key: float(re.search(rf"^{re.escape(label)}\s+([0-9.]+)$", text, re.M).group(1))
+            for key, label in SCORES.items()}
+
+
+def recipe(data: Path, budget: float, reserve: float, work: Path, env: dict) -> dict:
+    log, out = work / "recipe.log", work / "exports" / "recipe"
+    start = time.monotonic()
+    run(TUNE + ["train", str(ROOT / "benchmarks" / "recipe.yaml"), "--data", str(data / "train"), "--out", str(out),
+                "--time-budget", f"{budget - reserve:.0f}s"], log, work, env)
+    trained = time.monotonic() - start
+    run(TUNE + ["predict", "--model", str(out), "--data", str(data / "eval"), "--out", str(work / "recipe.csv")],
+        log, work, env)
+    wall = time.monotonic() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"wall_s": round(wall, 1), "train_s": round(trained, 1), "reserve_s": reserve,
+            "epochs_trained": _epochs(log),
+            "kept_epoch": metrics["epoch"], "val_f1": metrics["val_f1"],
+            **score(work / "recipe.csv", data / "eval_answers.csv", log, work, env)}
+
+
+def service(data: Path, budget: float, reserve: float, space: str, work: Path, env: dict, sets: list[str]) -> dict:
+    log, name = work / "service.log", "search-quality"
+    start, start_wall = time.monotonic(), time.time()
+    extra = [a for s in sets for a in ("--set", s)]
+    run(TUNE + ["run", str(ROOT / space), "--data", str(data / "train"), "--name", name,
+                "--time-budget", f"{budget - reserve:.0f}s", *extra], log, work, env)
+    searched = time.monotonic() - start
+    text = run(TUNE + ["export", name, "--ensemble", "--out", str(work / "exports" / "service")], log, work, env)
+    run(TUNE + ["predict", "--model", str(work / "exports" / "service"), "--data", str(data / "eval"),
+                "--tta", "flip", "--out", str(work / "service.csv")], log, work, env)
+    wall = time.monotonic() - start
+    manifest = json.loads((work / "exports" / "service" / "ensemble.json").read_text())
+    return {"wall_s": round(wall, 1), "search_s": round(searched, 1), "reserve_s": reserve, "space": space,
+            "sets": sets,
+            "where_the_search_went": where_time_went(work / "mlruns" / "ray" / name, start_wall, searched),
+            "ensemble_members": len(manifest["members"]),
+            "ensemble_val_f1": manifest["val_f1"], "best_trial_val_f1": manifest["best_member_val_f1"],
+            "export_line": text.strip().splitlines()[0],
+            **score(work / "service.csv", data / "eval_answers.csv", log, work, env)}
+
+
+def where_time_went(folder: Path, started: float, searched: float) -> dict:
+    """Where the study's wall time went, from Ray's per-trial result files: before the first trial, and the
+    trial-seconds of the trials that finished, that ASHA stopped, and that the budget cut."""
+    trials = {}
+    for results in folder.glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "epoch" in r and "time_total_s" in r]
+        if rows:
+            cut = (results.parent / "cut_by_time_budget.txt").is_file()
+            own = json.loads((results.parent / "params.json").read_text()).get("train.epochs")  # shortened by budget
+            trials[results.parent.name] = (rows[-1]["timestamp"] - rows[-1]["time_total_s"], rows[-1], cut, own)
+    if not trials:
+        return {}
+    epochs = max(r["epoch"] for _, r, _, _ in trials.values())
+    seconds = {"finished": 0.0, "stopped_early": 0.0, "cut": 0.0}
+    counts = dict.fromkeys(seconds, 0)
+    for _, last, cut, own in trials.values():
+        kind = "cut" if cut else ("finished" if last["epoch"] >= (own or epochs) else "stopped_early")
+        seconds[kind] += last["time_total_s"]
+        counts[kind] += 1
+    return {"before_first_trial_s": round(min(s for s, _, _, _ in trials.values()) - started, 1),
+            "trials": counts, "trial_s": {k: round(v, 1) for k, v in seconds.items()},
+            "epochs_reached_of_planned": {name.split("_")[2]: [last["epoch"], own or epochs]
+                                          for name, (_, last, _, own) in trials.items()},
+            "epoch_s_median": sorted(r["time_this_iter_s"] for _, r, _, _ in trials.values())[len(trials) // 2],
+            "study_s": round(searched, 1)}
+
+
+def _epochs(log: Path) -> int:
+    return len(re.findall(r"^epoch \d+/", log.read_text(), re.M))
+
+
+def main() -> int:
+    from tune.config import parse_duration
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget", default="20m", help="wall-clock budget of each side (default 20m)")
+    p.add_argument("--side", choices=["both", "recipe", "service"], default="both")
+    p.add_argument("--space", default="search_spaces/cpu.yaml", help="the service's study file")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides for the service's study")
+    p.add_argument("--reserve-recipe", default="60s", help="part of B kept for predicting (recipe)")
+    p.add_argument("--reserve-service", default="60s", help="part of B kept for export and predict (service)")
+    p.add_argument("--data", default="/tmp/utkmask", help="where make_utkmask.py's data set is (made if missing)")
+    p.add_argument("--work", help="working folder (default /tmp/search-quality-STAMP)")
+    args = p.parse_args()
+    budget = parse_duration(args.budget)
+    data = Path(args.data)
+    if not (data / "train" / "train.csv").is_file():
+        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
+                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    work = Path(args.work or f"/tmp/search-quality-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = "" if budget == 1200 else f"-{budget / 60:.0f}m"  # the 20-minute run is the benchmark's headline
+    results_file = ROOT / "benchmarks" / "results" / f"search-quality-{device_name()}{suffix}.json"
+    previous = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    if previous.get("budget_s") != budget:
+        previous = {}
+    out = {"budget_s": budget, "device": device_name(), "cpus": os.cpu_count(), "machine": platform.platform(),
+           "data": "make_utkmask.py defaults, --eval-fraction 0.2: 1,959 training persons, 490 eval persons",
+           "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip(),
+           "date": time.strftime("%Y-%m-%d")}
+    for side in ("recipe", "service"):
+        if args.side not in ("both", side):
+            if side in previous:
+                out[side] = previous[side]
+            continue
+        folder = work / side
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TUNE_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        print(f"{side}: budget {budget:.0f} s, logs in {folder}", flush=True)
+        if side == "recipe":
+            out[side] = recipe(data, budget, parse_duration(args.reserve_recipe), folder, env)
+        else:
+            out[side] = service(data, budget, parse_duration(args.reserve_service), args.space, folder, env, args.set)
+        print(json.dumps(out[side], indent=1), flush=True)
+    if "recipe" in out and "service" in out:
+        out["recipe_f1_18"], out["service_f1_18"] = out["recipe"]["f1_18"], out["service"]["f1_18"]
+        out["gain_f1_18"] = round(out["service_f1_18"] - out["recipe_f1_18"], 4)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {results_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
