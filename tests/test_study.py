@@ -307,6 +307,23 @@ def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tm
     assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+def test_time_budget_shorter_than_a_trial_cuts_it_and_says_so(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=2000, samples=4, scheduler="fifo", lrs="[0.003]")
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "35s"), cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout
+    client, parent, children = runs_of(tmp_path, "it")
+    assert children and {c.data.tags["tune.outcome"] for c in children} == {"cut"}
+    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    import optuna
+
+    trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
+    assert {t.state.name for t in trials} == {"PRUNED"}  # not RUNNING: a --resume has no round to finish
+    refused = subprocess.run(tune_cmd("export", "it"), cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "cut all its" in refused.stderr
+
+
 def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch):
     from tune.study import best_checkpoints
     from tune.tracking import CUT_MARKER

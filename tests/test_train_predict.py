@@ -148,8 +148,8 @@ def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, caps
 
     config = config_file(tmp_path, "all", demo_data)
     started = time.monotonic()
-    assert main(["train", config, "--epochs", "500", "--time-budget", "20s", "--out", str(tmp_path / "budget"), "--tracking-uri",
-                 store]) == 0
+    assert main(["train", config, "--epochs", "500", "--time-budget", "20s", "--out", str(tmp_path / "budget"),
+                 "--tracking-uri", store]) == 0
     took = time.monotonic() - started
     printed = capsys.readouterr().out
     epochs = int(printed.split("stopped after epoch ")[1].split(":")[0])

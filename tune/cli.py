@@ -185,8 +185,8 @@ def summarize(study) -> int:
     print(f"\nstudy {study.name}: {trials_done(study.name, states)} trials, {states['FAIL']} failed")
     try:
         checkpoint, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
-    except UserError:
-        print("no trial reported a result")
+    except UserError as e:
+        print(e)
         return 1
     metric = study.search.metric
     print(f"best trial {metrics.get('ray_trial_id')}: {metric} {metrics[metric]:.4f} at epoch {metrics['epoch']}")

@@ -76,6 +76,7 @@ class LiveView(tune.Callback):
         self.stream = stream or sys.stdout
         self.numbers: dict[str, int] = {}  # Ray trial id -> the trial's number in this study (1, 2, ...)
         self.trial_best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best value, its epoch)
+        self.ended: set[str] = set()  # Ray trial ids of the trials whose end was shown
         self.best = best  # (value, which trial) of the best epoch so far
         self.start = time.time()
         self.budget = deadline - self.start if deadline else None
@@ -118,6 +119,7 @@ class LiveView(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
             return self.on_trial_error(iteration, trials, trial, **info)
+        self.ended.add(trial.trial_id)
         number, best = self._number(trial), self.trial_best.get(trial.trial_id)
         ended = {"finished": "finished", "stopped_early": "stopped early",
                  "cut": "cut by the time budget (not exported)"}[outcome(trial, self.epochs, self.deadline)]
@@ -125,6 +127,7 @@ class LiveView(tune.Callback):
         self._trial_ended(f"#{number} {ended} after epoch {(trial.last_result or {}).get('epoch', 0)}{score}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
         self._trial_ended(f"#{self._number(trial)} failed after epoch {(trial.last_result or {}).get('epoch', 0)}: "
                           f"{first_line(error_text(trial))}")
 
@@ -140,6 +143,10 @@ class LiveView(tune.Callback):
             self.bar.refresh()
 
     def on_experiment_end(self, trials, **info):
+        if self.deadline is not None and time.time() >= self.deadline:  # Ray's time limit stopped these trials
+            for trial in trials:  # without telling callbacks that they ended
+                if trial.trial_id in self.numbers and trial.trial_id not in self.ended:
+                    self.on_trial_complete(0, trials, trial)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -48,13 +48,18 @@ def best_checkpoints(study: str, metric: str, mode: str) -> list[tuple[Path, dic
     if not folder.is_dir():
         raise UserError(f"no study named {study!r} in {folder.parent}")
     best: dict[Path, tuple[float, Path, dict]] = {}
+    cut = set()
     for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
         metrics = json.loads(metrics_file.read_text())
         value, trial = metrics.get(metric), metrics_file.parent.parent
         if (trial / tracking.CUT_MARKER).is_file():  # cut half-trained by the time budget: never the best
+            cut.add(trial)
             continue
         if value is not None and (trial not in best or (value > best[trial][0]) == (mode == "max")):
             best[trial] = (value, metrics_file.parent, metrics)
+    if not best and cut:
+        raise UserError(f"study {study!r}: the time budget cut all its {len(cut)} trials with a result before their "
+                        "last epoch (none is exported): give it a longer --time-budget")
     if not best:
         raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
     ranked = sorted(best.values(), key=lambda s: s[0], reverse=mode == "max")
@@ -156,6 +161,13 @@ def trials_done(name: str, states: Counter | None = None) -> int:
     return states["COMPLETE"] + states["FAIL"] + states["PRUNED"]
 
 
+def prune_unended(name: str) -> None:
+    """Tell Optuna that the trials Ray's time limit stopped were stopped (Ray tells its searcher nothing of them)."""
+    study = optuna.load_study(study_name=name, storage=optuna_storage())
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+
+
 def forget_optuna_study(name: str) -> None:
     if trial_states(name):
         optuna.delete_study(study_name=name, storage=optuna_storage())
@@ -191,6 +203,9 @@ class StudySearch(OptunaSearch):
       (`train.epochs` set in its config: its schedule ends at its own last epoch), so the budget is used to its end.
     """
 
+    max_epochs: int | None = None  # class defaults: a searcher saved before these existed is restored without them
+    deadline: float | None = None
+
     def plan(self, max_epochs: int, deadline: float | None) -> None:
         self.max_epochs, self.deadline = max_epochs, deadline
         self.pace: dict[str, float] = {}  # Ray trial id -> seconds per epoch since the trial started
@@ -219,15 +234,15 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if TRIAL_ERROR in result:
             return
-        if result.get("epoch"):
+        if self.deadline is not None and result.get("epoch"):
             self.pace[trial_id] = result["time_total_s"] / result["epoch"]
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and TRIAL_ERROR in result:
             result, error = None, True
-        elif result and result.get("epoch", 0) < self.epochs.get(trial_id, self.max_epochs):  # stopped early
-            result = None
+        elif self.max_epochs and result and result.get("epoch", 0) < self.epochs.get(trial_id, self.max_epochs):
+            result = None  # stopped early
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -315,6 +330,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
                                  deadline, earlier_best(study))
             tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline)
             results = tuner.fit()
+            if deadline is not None and time.time() >= deadline:
+                prune_unended(study.name)
         return results
     finally:
         ray.shutdown()

@@ -197,6 +197,7 @@ class StudyTracker(tune.Callback):
         self.base, self.epochs, self.metric, self.mode, self.deadline = base, epochs, metric, mode, deadline
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.best: dict[str, dict] = {}  # Ray trial id -> its best result so far
+        self.ended: dict[str, str] = {}  # Ray trial id -> its outcome, as it was when the trial ended
         self.start = time.time()
         self.anytime: list[tuple[float, float]] = []  # (seconds into the round, the study's best so far)
         self._client: MlflowClient | None = None
@@ -205,10 +206,12 @@ class StudyTracker(tune.Callback):
         return {**self.__dict__, "_client": None}
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
-        return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime)}
+        return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime),
+                "ended": dict(self.ended)}
 
     def set_state(self, state: dict) -> None:
-        self.runs, self.best, self.anytime = state["runs"], state["best"], state.get("anytime", [])
+        self.runs, self.best = state["runs"], state["best"]
+        self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
 
     @property
     def client(self) -> MlflowClient:
@@ -260,6 +263,7 @@ class StudyTracker(tune.Callback):
         if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
             return self.on_trial_error(iteration, trials, trial, **info)
         run_id, ended = self._run_of(trial), outcome(trial, self.epochs, self.deadline)
+        self.ended[trial.trial_id] = ended
         self._log_best(trial, run_id)
         self.client.set_tag(run_id, "tune.outcome", ended)
         if ended == "cut":  # half-trained: the export and ensembles leave it out
@@ -270,6 +274,7 @@ class StudyTracker(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_of(trial)
+        self.ended[trial.trial_id] = "failed"
         self._log_best(trial, run_id)
         error = error_text(trial)
         self.client.set_tag(run_id, "tune.outcome", "failed")
@@ -293,12 +298,16 @@ class StudyTracker(tune.Callback):
         plt.close("all")
 
     def on_experiment_end(self, trials, **info):
+        if self.deadline is not None and time.time() >= self.deadline:  # Ray's time limit stopped these trials
+            for trial in trials:  # without telling callbacks that they ended
+                if trial.trial_id in self.runs and trial.trial_id not in self.ended:
+                    self.on_trial_complete(0, trials, trial)
         rows = []
         for trial in trials:
             best = self.best.get(trial.trial_id, {})
             epochs = (trial.last_result or {}).get("epoch", 0)
-            rows.append({"trial_id": trial.trial_id, "outcome": outcome(trial, self.epochs, self.deadline),
-                         "epochs": epochs,
+            ended = self.ended.get(trial.trial_id) or outcome(trial, self.epochs)
+            rows.append({"trial_id": trial.trial_id, "outcome": ended, "epochs": epochs,
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
         table = pd.DataFrame(rows)
