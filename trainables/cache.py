@@ -31,7 +31,7 @@ import PIL
 from filelock import FileLock, Timeout
 
 from trainables.config import UserError
-from trainables.data import decode_into
+from trainables.data import decode_into, read_table
 
 VERSION = 1  # bump when the decoding changes what a cached photo holds
 KEY = re.compile(r"^[0-9a-f]{24}\.")  # the cache's own files: <key>.npy, .json, .partial.npy, .lock
@@ -124,3 +124,16 @@ def clear(folder: Path) -> int:
             continue  # another process is filling it
         (folder / f"{key}.lock").unlink(missing_ok=True)
     return freed
+
+
+def prepare_node(root: str, max_persons: int | None, decodings: list, configured: str | None = None) -> str | None:
+    """On one node of a cluster, before its first trial: read the data folder and decode its photos into this
+    node's cache, at each (size, centre crop) the study uses. Returns what went wrong, or None."""
+    try:
+        files = read_table(root, max_persons)["file"].tolist()
+        for size, crop in decodings:
+            cached_images(files, size, tuple(crop) if crop else None, cache_dir(configured), root,
+                          workers=os.cpu_count() or 1)
+    except (UserError, OSError) as e:
+        return str(e).splitlines()[0]
+    return None

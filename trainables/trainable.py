@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import tempfile
 import traceback
+from pathlib import Path
 
+import ray
 from ray import tune
 
+import trainables
 from trainables.config import resolve_trial
 from trainables.trial import Trial
 
 TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itself reports last
+CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
 
 def train_trial(config: dict, base: dict) -> None:
@@ -35,6 +39,7 @@ def train_trial(config: dict, base: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})
             result["confusion"] = json.dumps(result["confusion"])
+            result.update(node_id=ray.get_runtime_context().get_node_id(), code=CODE)  # for the trial's MLflow run
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

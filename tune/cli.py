@@ -46,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
     run.add_argument("--time-budget", metavar="DURATION", help="end the study this long after the command starts, "
                      "e.g. 40m or 1h30m (search.time_budget_s): no trial starts that would not finish before then")
-    run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--address", help="join this Ray cluster (HEAD:6379) instead of starting a local one")
+    run.add_argument("--storage", metavar="URI", help="checkpoints and Ray's experiment state: a folder every node "
+                     "mounts or s3://BUCKET/PREFIX, gs://... (YAML storage:; default $TUNE_STORAGE, else mlruns/ray)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any key of the YAML by its dotted path, e.g. train.epochs=3 (repeatable)")
     run.add_argument("--resume", action="store_true", help="continue the study of the same name: finish its "
@@ -63,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--ensemble", action="store_true", help="an ensemble of the study's trials chosen greedily "
                         "on the validation persons (Caruana et al.), which tune predict takes as one model")
     export.add_argument("--tracking-uri")
+    export.add_argument("--storage", metavar="URI", help="where the study ran (default: as recorded in MLflow)")
     export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="the best trials, learning curves and parameter importance of a study, "
@@ -161,50 +164,63 @@ def overrides(sets: list[str], flags: dict) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
+    from tune import live
     from tune import study as studies
     from tune.config import load_study, parse_duration
+    from tune.storage import resolve
     from tune.tracking import tracking_uri
 
     started = time.time()  # the time budget counts the checks and the photo cache too
     flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
              "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
              "search.max_concurrent": args.max_concurrent,
-             "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None}
+             "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
+             "storage": args.storage}
     study = load_study(args.space, overrides(args.set, flags))
-    studies.check_name(study.name, args.resume)
+    store = resolve(study.storage)
+    studies.check_name(study.name, args.resume, store)
+    if args.address:  # a cluster: refused before anything runs when its nodes cannot reach the storage
+        if not args.verbose:
+            live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
+        studies.start_ray(store, args.address, args.verbose)
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
+    if args.address:
+        studies.check_nodes(study, nodes)
     studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose, started)
-    return summarize(study)
+    return summarize(study, store)
 
 
-def summarize(study) -> int:
+def summarize(study, store) -> int:
     """Print the study's trials and its best epoch over every round; exit code 1 when no trial has a result."""
-    from tune.study import best_checkpoint, trial_states, trials_done
+    from tune.study import best_checkpoints, trial_states, trials_done
 
     states = trial_states(study.name)
     print(f"\nstudy {study.name}: {trials_done(study.name, states)} trials, {states['FAIL']} failed")
     try:
-        checkpoint, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
+        checkpoint, metrics = best_checkpoints(study.name, study.search.metric, study.mode, store)[0]
     except UserError as e:
         print(e)
         return 1
     metric = study.search.metric
     print(f"best trial {metrics.get('ray_trial_id')}: {metric} {metrics[metric]:.4f} at epoch {metrics['epoch']}")
-    params = checkpoint.parent / "params.json"
-    for key, value in sorted(json.loads(params.read_text()).items() if params.is_file() else []):
+    params = checkpoint.rpartition("/")[0] + "/params.json"
+    for key, value in sorted(json.loads(store.read_text(params)).items() if store.exists(params) else []):
         print(f"  {key} = {value}")
     print(f"export it with: tune export {study.name}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tune.study import study_storage
     from tune.tracking import tracking_uri
 
+    store = study_storage(args.study, args.storage, tracking_uri(args.tracking_uri))
     out = Path(args.out or Path("exports") / (args.study + ("-ensemble" if args.ensemble else "")))
     if args.ensemble:
         from tune.ensemble import export_ensemble
 
-        manifest = export_ensemble(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode)
+        manifest = export_ensemble(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode,
+                                   store=store)
         chosen = ", ".join(f"{m['trial_id']} (epoch {m['epoch']}) x{m['weight']:.2f}" for m in manifest["members"])
         print(f"exported an ensemble of {len(manifest['members'])} of {manifest['candidates']} trials of "
               f"{args.study} to {out}: validation F1 {manifest['val_f1']:.4f} (best trial alone "
@@ -212,7 +228,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     from tune.export import export_study
 
-    metrics = export_study(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode)
+    metrics = export_study(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode, store)
     print(f"exported {args.study} (epoch {metrics.get('epoch')}, {args.metric} {metrics[args.metric]:.4f}) to {out}")
     return 0
 

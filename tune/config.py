@@ -49,6 +49,9 @@ class StudyConfig(TrialConfig):
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    storage: str | None = Field(None, description="where the study's checkpoints and Ray's experiment state go: "
+                                "a folder every node mounts, or s3://bucket/prefix, gs://... (--storage; default: "
+                                "$TUNE_STORAGE, else mlruns/ray)")
 
     @model_validator(mode="after")
     def _max_t_within_epochs(self) -> StudyConfig:

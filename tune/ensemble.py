@@ -18,17 +18,21 @@ from sklearn.metrics import f1_score
 
 from trainables import data, outputs
 from trainables.config import TrialConfig, UserError
-from tune import tracking
+from tune import storage, tracking
 from tune.export import write_export
+from tune.storage import Storage
 from tune.study import best_checkpoints
 
 MANIFEST = "ensemble.json"
 
 
 def export_ensemble(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max",
-                    max_steps: int = 25) -> dict:
+                    max_steps: int = 25, store: Storage | None = None) -> dict:
     """Choose the ensemble of the study's trials, write it to `out`, log it to the study's MLflow run."""
-    candidates = [(checkpoint, metrics) for checkpoint, metrics in best_checkpoints(study, metric, mode)
+    store = store or storage.resolve()
+    candidates = [(store.local_path(checkpoint), metrics)
+                  for checkpoint, metrics in best_checkpoints(study, metric, mode, store)]
+    candidates = [(checkpoint, metrics) for checkpoint, metrics in candidates
                   if (checkpoint / "val_outputs.npy").is_file()]
     if not candidates:
         raise UserError(f"study {study!r} kept no validation outputs (made before ensembles): export one trial")

@@ -26,12 +26,14 @@ from trainables.config import TrialConfig, UserError
 from trainables.models import build_model
 from trainables.trial import Trial
 from tune import tracking
+from tune.storage import Storage
 from tune.study import best_checkpoint
 
 
-def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max") -> dict:
+def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max",
+                 store: Storage | None = None) -> dict:
     """Write the export of the study's best trial to `out`, log it to MLflow and register it. Returns its metrics."""
-    checkpoint, metrics = best_checkpoint(study, metric, mode)
+    checkpoint, metrics = best_checkpoint(study, metric, mode, store)
     config = TrialConfig.model_validate_json((checkpoint / "config.json").read_text())
     trial_id = metrics.get("ray_trial_id", "")
     out.mkdir(parents=True, exist_ok=True)

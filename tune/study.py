@@ -23,40 +23,52 @@ from trainables import cache, data
 from trainables.config import AugmentConfig, UserError
 from trainables.models import check_backbone
 from trainables.trainable import TRIAL_ERROR, train_trial
-from tune import live, space, tracking
+from tune import live, space, storage, tracking
 from tune.config import StudyConfig
+from tune.storage import Storage
 
-RAY_DIR = Path("mlruns") / "ray"  # Ray Tune's experiment folders (trial checkpoints), one per study
 OPTUNA_DB = Path("mlruns") / "optuna.db"  # the Optuna studies (optuna-dashboard sqlite:///mlruns/optuna.db)
 LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
 TRIAL_START_S = 10.0  # a trial's start beyond its own clock (Ray's worker and actor), in the time budget's plan
+TRAINABLES = Path(__file__).resolve().parent.parent / "trainables"  # the code Ray ships to every node
 
 
-def study_path(name: str) -> Path:
-    return (RAY_DIR / name).resolve()
+def study_storage(name: str, given: str | None = None, uri: str | None = None) -> Storage:
+    """Where the study `name` keeps its Ray folder: `given` (--storage), else what the study was run with (its
+    parent run's `storage` param in the MLflow store `uri`), else $TUNE_STORAGE, else mlruns/ray."""
+    if given is None and uri is not None:
+        client = tracking.connect(uri)
+        parent = tracking.find_study_run(client, name)
+        given = client.get_run(parent).data.params.get("storage") if parent else None
+    return storage.resolve(given if given not in (None, "None") else None)
 
 
-def best_checkpoint(study: str, metric: str, mode: str) -> tuple[Path, dict]:
-    """The checkpoint folder of the study's best epoch over all trials, and its metrics."""
-    return best_checkpoints(study, metric, mode)[0]
+def best_checkpoint(study: str, metric: str, mode: str, store: Storage | None = None) -> tuple[Path, dict]:
+    """The checkpoint folder of the study's best epoch over all trials (on this machine), and its metrics."""
+    store = store or storage.resolve()
+    path, metrics = best_checkpoints(study, metric, mode, store)[0]
+    return store.local_path(path), metrics
 
 
-def best_checkpoints(study: str, metric: str, mode: str) -> list[tuple[Path, dict]]:
-    """Each trial's best kept checkpoint folder and its metrics, the best trial first (trials the time budget
-    cut before their last epoch left out)."""
-    folder = study_path(study)
-    if not folder.is_dir():
-        raise UserError(f"no study named {study!r} in {folder.parent}")
-    best: dict[Path, tuple[float, Path, dict]] = {}
-    cut = set()
-    for metrics_file in folder.glob("*/checkpoint_*/metrics.json"):
-        metrics = json.loads(metrics_file.read_text())
-        value, trial = metrics.get(metric), metrics_file.parent.parent
-        if (trial / tracking.CUT_MARKER).is_file():  # cut half-trained by the time budget: never the best
-            cut.add(trial)
-            continue
+def best_checkpoints(study: str, metric: str, mode: str, store: Storage | None = None) -> list[tuple[str, dict]]:
+    """Each trial's best kept checkpoint folder (a path on the storage's filesystem) and its metrics, the best
+    trial first (trials the time budget cut before their last epoch left out)."""
+    store = store or storage.resolve()
+    folder = store.study(study)
+    if not store.exists(folder):
+        raise UserError(f"no study named {study!r} in {store.uri}")
+    files = store.files(folder)
+    cut = {f.rsplit("/", 1)[0] for f in files if f.endswith(f"/{tracking.CUT_MARKER}")}
+    best: dict[str, tuple[float, str, dict]] = {}
+    for metrics_file in files:
+        checkpoint, _, name = metrics_file.rpartition("/")
+        trial = checkpoint.rpartition("/")[0]
+        if name != "metrics.json" or not checkpoint.rpartition("/")[2].startswith("checkpoint_") or trial in cut:
+            continue  # a trial cut half-trained by the time budget is never the best
+        metrics = json.loads(store.read_text(metrics_file))
+        value = metrics.get(metric)
         if value is not None and (trial not in best or (value > best[trial][0]) == (mode == "max")):
-            best[trial] = (value, metrics_file.parent, metrics)
+            best[trial] = (value, checkpoint, metrics)
     if not best and cut:
         raise UserError(f"study {study!r}: the time budget cut all its {len(cut)} trials with a result before their "
                         "last epoch (none is exported): give it a longer --time-budget")
@@ -114,13 +126,13 @@ def decodings(study: StudyConfig, nodes: list) -> list[tuple[int, tuple[int, int
     return sorted(pairs, key=str)
 
 
-def check_name(name: str, resume: bool) -> None:
+def check_name(name: str, resume: bool, store: Storage) -> None:
     """A new study needs a new name; --resume needs an interrupted study of that name."""
-    path = study_path(name)
-    if resume and not tune.Tuner.can_restore(str(path)):
-        raise UserError(f"no interrupted study {name!r} to resume in {path}")
-    if not resume and path.exists():
-        raise UserError(f"study {name!r} exists ({path}): pass --resume to continue it or --name for a new one")
+    path = store.study(name)
+    if resume and not tune.Tuner.can_restore(path, storage_filesystem=store.fs):
+        raise UserError(f"no interrupted study {name!r} to resume in {store.uri}")
+    if not resume and store.exists(path):
+        raise UserError(f"study {name!r} exists in {store.uri}: pass --resume to continue it or --name for a new one")
 
 
 def check_backbones(study: StudyConfig, nodes: list) -> None:
@@ -254,9 +266,50 @@ def scheduler(study: StudyConfig):
                          reduction_factor=s.reduction_factor)
 
 
-def settings(study: StudyConfig) -> dict:
+def settings(study: StudyConfig, store: Storage) -> dict:
     return {"search": study.search.model_dump(), "scheduler": study.scheduler.model_dump(),
-            "resources": study.resources.model_dump()}
+            "resources": study.resources.model_dump(), "storage": store.uri}
+
+
+def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
+    """Start a local Ray, or join the cluster at `address`; every node gets this project's `trainables` from Ray
+    (runtime_env py_modules: no path on the nodes is assumed). A cluster of several nodes needs storage they all
+    reach: local storage is refused before anything runs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"py_modules": [str(TRAINABLES)], "excludes": ["__pycache__"]}
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
+             configure_logging=False)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1 and store.root == str(storage.LOCAL.resolve()):  # a folder given by --storage: a shared mount
+        ray.shutdown()
+        raise UserError(f"the Ray cluster at {address} has {len(nodes)} nodes and the study's storage is this "
+                        f"machine's {store.root}: pass --storage s3://BUCKET/PREFIX (or a folder every node mounts, "
+                        "with --storage /shared/path)")
+
+
+def check_nodes(study: StudyConfig, nodes: list) -> None:
+    """Before the first trial, on every node of the cluster but this one: read the data folder and fill that
+    node's photo cache. UserError naming the node and the folder when a node cannot read it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+    if not others:
+        return
+    print(f"checking the data on {len(others)} other node(s) and filling their photo cache", flush=True)
+    task = ray.remote(num_cpus=0)(cache.prepare_node)
+    pending = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(study.data.root, study.data.max_persons, decodings(study, nodes) if study.data.cache else [],
+                       study.data.cache_dir) for n in others}
+    for node in others:
+        error = ray.get(pending[node["NodeID"]])
+        if error:
+            raise UserError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}) cannot read the data folder "
+                            f"{study.data.root}: {error}")
 
 
 def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None,
@@ -272,15 +325,21 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
     """
     import ray
 
-    path = study_path(study.name)
+    store = storage.resolve(study.storage)
+    path = store.study(study.name)
     if not verbose:
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
+    tracking.quiet_retries()  # a tracking server that does not answer holds the study back seconds, not minutes
     client = tracking.connect(uri)
     parent = tracking.find_study_run(client, study.name) if resume else None
     if parent is None:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
-        parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study))
+        parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study, store))
     client.update_run(parent, status="RUNNING")
+    unlogged = LOG_DIR / f"{study.name}.unlogged.json"  # what the tracking server did not take last time
+    if unlogged.is_file():
+        tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, study.search.metric,
+                              study.mode, unlogged=unlogged).drain()
     tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
                              study.search.metric, study.mode)
     search = study.search
@@ -291,11 +350,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
           f"scheduler, {search.algorithm} search; "
           + ("Ray's output below" if verbose else f"logs in {LOG_DIR / study.name}.log"),
           flush=True)
-    # Trials import `trainables` from this checkout, wherever Ray starts their worker processes.
-    project = str(Path(__file__).resolve().parent.parent)
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}}
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
-             configure_logging=False)
+    start_ray(store, address, verbose)
     if not verbose:
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base()),
@@ -310,7 +365,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         if resume and (states["RUNNING"] or not states):
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
                                  trials_done(study.name, states), None, earlier_best(study))
-            results = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
+            results = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                         storage_filesystem=store.fs).fit()
             view.on_experiment_end([])
             if not round_ended(results):
                 return results
@@ -325,10 +381,10 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
                 print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
             client.update_run(parent, status="RUNNING")
             tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
-                                            search.metric, study.mode, deadline)
+                                            search.metric, study.mode, deadline, unlogged)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
                                  deadline, earlier_best(study))
-            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline)
+            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store)
             results = tuner.fit()
             if deadline is not None and time.time() >= deadline:
                 prune_unended(study.name)
@@ -338,7 +394,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
 
 
 def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool,
-              deadline: float | None = None) -> tune.Tuner:
+              deadline: float | None, store: Storage) -> tune.Tuner:
     """A Tuner for the study's trials after its first `done`, in the study's Ray folder, ending by `deadline`."""
     search = study.search
     checkpoints = tune.CheckpointConfig(num_to_keep=study.train.keep_checkpoints,
@@ -351,7 +407,7 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
             max_concurrent_trials=search.max_concurrent,
             time_budget_s=max(1.0, deadline - time.time()) if deadline else None),
         run_config=tune.RunConfig(
-            name=study.name, storage_path=str(study_path(study.name).parent), callbacks=callbacks,
+            name=study.name, storage_path=store.root, storage_filesystem=store.fs, callbacks=callbacks,
             checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=2 if verbose else 0),
     )
@@ -360,7 +416,7 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
 def earlier_best(study: StudyConfig) -> tuple[float, str] | None:
     """The best epoch of the study's trials so far, as (value, which trial), for a resumed study's live view."""
     try:
-        _, metrics = best_checkpoint(study.name, study.search.metric, study.mode)
+        _, metrics = best_checkpoints(study.name, study.search.metric, study.mode, storage.resolve(study.storage))[0]
     except UserError:
         return None
     return metrics[study.search.metric], f"trial {metrics.get('ray_trial_id')}"

@@ -7,6 +7,7 @@ Ray's own MLflow callback does not nest runs; this one does, through the `mlflow
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,8 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, RunTag
 from ray import tune
 from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -41,10 +43,34 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client of the store, creating the project's store folder on first use."""
+    """A client of the store, creating the project's store folder on first use; UserError for a tracking server
+    that does not answer."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if is_server(uri) and not answers(uri):
+        raise UserError(f"the MLflow tracking server {uri} does not answer: start it (README: Working as a team) "
+                        "or pass another --tracking-uri")
     return MlflowClient(uri)
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def answers(uri: str) -> bool:
+    """Whether the tracking server at `uri` answers its health check."""
+    try:
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=5).ok
+    except requests.RequestException:
+        return False
+
+
+def quiet_retries() -> None:
+    """MLflow's HTTP client retries a failed call for minutes by default, holding the whole study back; the
+    tracker retries on its own, so each call gives up after seconds (settings already in the environment win)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def artifact_root() -> str:
@@ -65,6 +91,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if is_server(client.tracking_uri):  # the server keeps (or serves) the artifacts where it was told to
+        return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=f"{artifact_root()}/{name}")
 
 
@@ -189,17 +217,36 @@ def error_text(trial) -> str | None:
 
 
 class StudyTracker(tune.Callback):
-    """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics."""
+    """Ray Tune callback: a child run per trial under the study's parent run, with per-epoch metrics.
+
+    Every record goes through a queue (`pending`, in order): a tracking server that does not answer (restarting,
+    the network) never stops the study. What it could not take is logged when it answers again, tried every
+    `RETRY_S`; the queue is saved with Ray's experiment state, and what is still queued when the study ends is
+    written to `unlogged` for the next `--resume` to log. Each record can be logged twice without doubling
+    anything (metrics carry their own timestamps; a trial's epochs already in its run are not logged again,
+    as when a restarted trial repeats the epochs after its last checkpoint).
+    """
+
+    RETRY_S = 5.0  # how soon after a failed call the tracker tries the server again
+    DRAIN_S = 120.0  # how long the study's end waits for a server that does not answer
 
     def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str,
-                 deadline: float | None = None):
+                 deadline: float | None = None, unlogged: Path | None = None):
         self.uri, self.study, self.parent = uri, study, parent_run_id
         self.base, self.epochs, self.metric, self.mode, self.deadline = base, epochs, metric, mode, deadline
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.best: dict[str, dict] = {}  # Ray trial id -> its best result so far
         self.ended: dict[str, str] = {}  # Ray trial id -> its outcome, as it was when the trial ended
+        self.logged: dict[str, int] = {}  # Ray trial id -> the last epoch its MLflow run holds
+        self.nodes: dict[str, list[str]] = {}  # Ray trial id -> the Ray nodes it ran on
         self.start = time.time()
         self.anytime: list[tuple[float, float]] = []  # (seconds into the round, the study's best so far)
+        self.unlogged = unlogged
+        self.pending: list[list] = []  # [kind, trial id, payload]: the records MLflow has not taken yet
+        if unlogged is not None and unlogged.is_file():  # left by the study's last run: logged first
+            self.pending = json.loads(unlogged.read_text())
+            unlogged.unlink()
+        self.retry_at, self.outage = 0.0, False
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state; the client stays behind
@@ -207,11 +254,14 @@ class StudyTracker(tune.Callback):
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
         return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime),
-                "ended": dict(self.ended)}
+                "ended": dict(self.ended), "logged": dict(self.logged), "nodes": dict(self.nodes),
+                "pending": list(self.pending)}
 
     def set_state(self, state: dict) -> None:
         self.runs, self.best = state["runs"], state["best"]
         self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
+        self.logged, self.nodes = state.get("logged", {}), state.get("nodes", {})
+        self.pending = state.get("pending", []) + self.pending
 
     @property
     def client(self) -> MlflowClient:
@@ -219,42 +269,23 @@ class StudyTracker(tune.Callback):
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def _run_of(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            found = trial_runs(self.client, self.parent, trial.trial_id)
-            if found:
-                self.runs[trial.trial_id] = found[0].info.run_id
-                self.client.update_run(found[0].info.run_id, status="RUNNING")
-            else:
-                self.runs[trial.trial_id] = self._start_child(trial)
-        return self.runs[trial.trial_id]
-
-    def _start_child(self, trial) -> str:
-        experiment = self.client.get_run(self.parent).info.experiment_id
-        tags = {"mlflow.parentRunId": self.parent, "ray.trial_id": trial.trial_id, "tune.role": "trial"}
-        run_id = self.client.create_run(experiment, run_name=f"{self.study}_{trial.trial_id}", tags=tags).info.run_id
-        config = resolve_trial(self.base, trial.config)
-        log_params(self.client, run_id, flatten(config.model_dump(mode="json")))
-        self.client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
-        return run_id
+    # Ray's events: each becomes a record, logged now or, while the server does not answer, later.
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_of(trial)
+        self._record("start", trial.trial_id, config=trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if TRIAL_ERROR in result:  # its failure, logged when it completes
             return
-        run_id = self._run_of(trial)
-        step, now = int(result["epoch"]), int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in (*METRICS, *STARTUP) if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
-        best = self.best.get(trial.trial_id)
-        value = result[self.metric]
+        value, best = result[self.metric], self.best.get(trial.trial_id)
         if best is None or self._better(value, best[self.metric]):
             self.best[trial.trial_id] = {k: result[k] for k in (*METRICS, "epoch", "confusion") if k in result}
+        metrics = {k: float(result[k]) for k in (*METRICS, *STARTUP) if k in result}
+        self._record("result", trial.trial_id, config=trial.config, epoch=int(result["epoch"]), metrics=metrics,
+                     at=int(time.time() * 1000), node=result.get("node_id"), code=result.get("code"))
         if not self.anytime or self._better(value, self.anytime[-1][1]):  # anytime performance: the best so far
             self.anytime.append((time.time() - self.start, value))
-            self.client.log_metric(self.parent, f"best_so_far_{self.metric}", value, step=int(self.anytime[-1][0]))
+            self._record("anytime", "", value=value, step=int(self.anytime[-1][0]))
 
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
@@ -262,40 +293,18 @@ class StudyTracker(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
             return self.on_trial_error(iteration, trials, trial, **info)
-        run_id, ended = self._run_of(trial), outcome(trial, self.epochs, self.deadline)
-        self.ended[trial.trial_id] = ended
-        self._log_best(trial, run_id)
-        self.client.set_tag(run_id, "tune.outcome", ended)
+        ended = self.ended[trial.trial_id] = outcome(trial, self.epochs, self.deadline)
         if ended == "cut":  # half-trained: the export and ensembles leave it out
             fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             with fs.open_output_stream(f"{folder}/{CUT_MARKER}") as f:
                 f.write(b"the time budget ended this trial before its last epoch\n")
-        self.client.set_terminated(run_id, "FINISHED")
+        self._record("end", trial.trial_id, config=trial.config, outcome=ended, best=self.best.get(trial.trial_id),
+                     error=None, status="FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_of(trial)
         self.ended[trial.trial_id] = "failed"
-        self._log_best(trial, run_id)
-        error = error_text(trial)
-        self.client.set_tag(run_id, "tune.outcome", "failed")
-        if error is not None:
-            self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, "FAILED")
-
-    def _log_best(self, trial, run_id: str) -> None:
-        """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
-        best = self.best.get(trial.trial_id)
-        if best is None:
-            return
-        config = resolve_trial(self.base, trial.config)
-        names = class_names(config.task, config.data.score_age_bounds)
-        confusion = json.loads(best.pop("confusion"))
-        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
-                                               for k, v in best.items()])
-        log_table(self.client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
-        self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
-                               "confusion_matrix.png")
-        plt.close("all")
+        self._record("end", trial.trial_id, config=trial.config, outcome="failed",
+                     best=self.best.get(trial.trial_id), error=error_text(trial), status="FAILED")
 
     def on_experiment_end(self, trials, **info):
         if self.deadline is not None and time.time() >= self.deadline:  # Ray's time limit stopped these trials
@@ -304,12 +313,124 @@ class StudyTracker(tune.Callback):
                     self.on_trial_complete(0, trials, trial)
         rows = []
         for trial in trials:
-            best = self.best.get(trial.trial_id, {})
-            epochs = (trial.last_result or {}).get("epoch", 0)
-            ended = self.ended.get(trial.trial_id) or outcome(trial, self.epochs)
-            rows.append({"trial_id": trial.trial_id, "outcome": ended, "epochs": epochs,
+            best, ended = self.best.get(trial.trial_id, {}), self.ended.get(trial.trial_id)
+            rows.append({"trial_id": trial.trial_id, "outcome": ended or outcome(trial, self.epochs),
+                         "epochs": (trial.last_result or {}).get("epoch", 0),
                          f"best_{self.metric}": best.get(self.metric), "best_epoch": best.get("epoch"),
                          "mlflow_run_id": self.runs.get(trial.trial_id), **trial.config})
+        self._record("study_end", "", rows=rows, anytime=self.anytime,
+                     budget_s=self.deadline and self.deadline - self.start)
+        self.drain()
+
+    # The queue.
+
+    def _record(self, kind: str, trial_id: str, **payload) -> None:
+        self.pending.append([kind, trial_id, payload])
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Log the queued records in order, until the server does not answer; whether all were logged."""
+        from tune import live
+
+        if self.pending and time.time() < self.retry_at:
+            return False
+        while self.pending:
+            kind, trial_id, payload = self.pending[0]
+            try:
+                getattr(self, f"_log_{kind}")(trial_id, **payload)
+            except Exception as e:  # noqa: BLE001 - an outage, or a record the store refuses
+                if not is_server(self.uri):
+                    raise
+                if answers(self.uri):  # the server is there and refused this record: it would never take it
+                    logging.getLogger(__name__).warning("MLflow refused a %s record of %s: %s", kind, trial_id, e)
+                    self.pending.pop(0)
+                    continue
+                if not self.outage:
+                    live.say(f"MLflow at {self.uri} does not answer: the study goes on, and what it cannot log now "
+                             "is logged when it answers")
+                self.outage, self.retry_at = True, time.time() + self.RETRY_S
+                return False
+            self.pending.pop(0)
+        if self.outage:
+            live.say(f"MLflow at {self.uri} answers again: the records held back are logged")
+            self.outage = False
+        return True
+
+    def drain(self) -> None:
+        """At the study's end: wait a while for a server that does not answer, then leave the rest for --resume."""
+        from tune import live
+
+        until = time.time() + self.DRAIN_S
+        while not self._flush() and time.time() < until:
+            time.sleep(max(0.0, self.retry_at - time.time()))
+        if self.pending and self.unlogged is not None:
+            self.unlogged.parent.mkdir(parents=True, exist_ok=True)
+            self.unlogged.write_text(json.dumps(self.pending, default=str))
+            live.say(f"MLflow at {self.uri} did not answer: {len(self.pending)} records are kept in {self.unlogged} "
+                     "and logged by the study's next tune run --resume")
+
+    # The records, as MLflow calls: each may run again after a failure without doubling anything.
+
+    def _run_of(self, trial_id: str, config: dict) -> str:
+        if trial_id not in self.runs:
+            found = trial_runs(self.client, self.parent, trial_id)
+            if found:  # the study was resumed, or the record is logged again
+                run_id = found[0].info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+                history = self.client.get_metric_history(run_id, self.metric)
+                self.logged[trial_id] = max([m.step for m in history] + [self.logged.get(trial_id, 0)])
+            else:
+                experiment = self.client.get_run(self.parent).info.experiment_id
+                tags = {"mlflow.parentRunId": self.parent, "ray.trial_id": trial_id, "tune.role": "trial"}
+                run_id = self.client.create_run(experiment, run_name=f"{self.study}_{trial_id}", tags=tags).info.run_id
+            self.runs[trial_id] = run_id
+        return self.runs[trial_id]
+
+    def _log_start(self, trial_id: str, config: dict) -> None:
+        run_id = self._run_of(trial_id, config)
+        resolved = resolve_trial(self.base, config).model_dump(mode="json")
+        log_params(self.client, run_id, flatten(resolved))
+        self.client.log_dict(run_id, resolved, "config.json")
+
+    def _log_result(self, trial_id: str, config: dict, epoch: int, metrics: dict, at: int, node: str | None,
+                    code: str | None) -> None:
+        run_id = self._run_of(trial_id, config)
+        if epoch <= self.logged.get(trial_id, 0):  # an epoch repeated after a restart: its run has it
+            return
+        self.client.log_batch(run_id, metrics=[Metric(k, v, at, epoch) for k, v in metrics.items()])
+        self.logged[trial_id] = epoch
+        nodes = self.nodes.setdefault(trial_id, [])
+        if node and node not in nodes:  # where it ran (a retried trial may move) and the code it ran
+            nodes.append(node)
+            self.client.log_batch(run_id, tags=[RunTag("ray.node_ids", ",".join(nodes)),
+                                                RunTag("tune.code", code or "")])
+
+    def _log_anytime(self, trial_id: str, value: float, step: int) -> None:
+        self.client.log_metric(self.parent, f"best_so_far_{self.metric}", value, step=step)
+
+    def _log_end(self, trial_id: str, config: dict, outcome: str, best: dict | None, error: str | None,
+                 status: str) -> None:
+        run_id = self._run_of(trial_id, config)
+        if best is not None:
+            self._log_best(run_id, config, dict(best))
+        self.client.set_tag(run_id, "tune.outcome", outcome)
+        if error is not None:
+            self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, status)
+
+    def _log_best(self, run_id: str, config: dict, best: dict) -> None:
+        """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
+        resolved = resolve_trial(self.base, config)
+        names = class_names(resolved.task, resolved.data.score_age_bounds)
+        confusion = json.loads(best.pop("confusion"))
+        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
+                                               for k, v in best.items()])
+        log_table(self.client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
+        self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
+                               "confusion_matrix.png")
+        plt.close("all")
+
+    def _log_study_end(self, trial_id: str, rows: list[dict], anytime: list, budget_s: float | None) -> None:
         table = pd.DataFrame(rows)
         earlier = read_table(self.client, self.parent, "trials.json")  # a study that grew: its earlier rounds
         if earlier is not None and len(earlier):
@@ -319,9 +440,8 @@ class StudyTracker(tune.Callback):
             log_table(self.client, self.parent, table, "trials.json")
         scored = table.dropna(subset=[f"best_{self.metric}"]) if len(table) else table
         scored = scored[scored["outcome"] != "cut"] if len(scored) else scored
-        if self.anytime:
-            self.client.log_figure(self.parent, anytime_figure(self.anytime, self.metric, self.deadline and
-                                                               self.deadline - self.start), "anytime.png")
+        if anytime:
+            self.client.log_figure(self.parent, anytime_figure(anytime, self.metric, budget_s), "anytime.png")
             plt.close("all")
         if len(scored):
             best_row = scored.sort_values(f"best_{self.metric}", ascending=self.mode == "min").iloc[0]
