@@ -308,8 +308,7 @@ def check_nodes(study: StudyConfig, nodes: list) -> None:
     for node in others:
         error = ray.get(pending[node["NodeID"]])
         if error:
-            raise UserError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}) cannot read the data folder "
-                            f"{study.data.root}: {error}")
+            raise UserError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}): {error}")
 
 
 def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None,

@@ -1,0 +1,254 @@
+"""A study on a real two-node Ray cluster, its storage on a real S3-API server (SeaweedFS), tracked by a real
+`mlflow server`, through a lost node and a tracking outage. Everything listens on 127.0.0.1; Ray's token
+authentication is on."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from tests.test_study import tune_cmd
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+STUDY = """
+name: team
+task: all
+model: {backbone: test_resnet, image_size: 64}
+train: {epochs: 8, batch_size: 16, num_workers: 0}
+space: {optimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}}
+search: {algorithm: random, seed: 0, num_samples: 4, max_concurrent: 2, max_failures: 2}
+scheduler: {name: fifo}
+resources: {cpus_per_trial: 1}
+"""
+
+
+def free_port(offset: int = 0) -> int:
+    """A free port on 127.0.0.1 (and `offset` above it: SeaweedFS serves gRPC at port + 10000)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + offset < 65536 and (not offset or _free(port + offset)):
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_for(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """SeaweedFS's S3 API on 127.0.0.1 with credentials and a bucket; yields the storage URI of the studies."""
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    keys = {"AWS_ACCESS_KEY_ID": "tune-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
+    port = free_port(10000)
+    ports = {f"-{name}.port": free_port(10000) for name in ("master", "volume", "filer", "admin")}
+    args = [str(BIN / "weed"), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=studies",
+            f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            *(f"{k}={v}" for k, v in ports.items())]
+    proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.environ.update(keys)  # this process and the cluster's nodes (started from it) reach the bucket
+    try:
+        wait_for(f"http://127.0.0.1:{port}")
+        uri = f"s3://studies/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
+        fs, _ = pafs.FileSystem.from_uri(uri)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the bucket is made just after the server answers
+            try:
+                fs.get_file_info(pafs.FileSelector("studies", allow_not_found=True))
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield uri, fs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that serves its artifacts; it can be stopped and started again."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port, self.proc = folder, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.5)
+        raise TimeoutError("mlflow server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# Ray reads RAY_AUTH_MODE when it is imported, so the cluster lives in its own process, started with the token.
+CLUSTER = """
+import json, sys
+from ray.cluster_utils import Cluster
+made = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+worker = made.add_node(num_cpus=1)
+made.wait_for_nodes()
+print(json.dumps({"address": made.address, "head": made.head_node.node_id, "worker": worker.node_id}), flush=True)
+for line in sys.stdin:
+    if line.strip() == "remove":
+        made.remove_node(worker)
+        print("removed", flush=True)
+made.shutdown()
+"""
+
+
+class RayCluster:
+    """Two Ray nodes of one CPU each on this machine (as Ray's own tests make them), with token authentication."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.proc = subprocess.Popen([sys.executable, "-c", CLUSTER], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        info = json.loads(self.proc.stdout.readline())
+        self.address, self.head, self.worker = info["address"], info["head"], info["worker"]
+
+    def remove_worker(self) -> None:
+        self.proc.stdin.write("remove\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "removed"
+
+    def shutdown(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    made = RayCluster({**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                       "RAY_DEDUP_LOGS": "0"})
+    yield made
+    made.shutdown()
+
+
+def test_a_node_that_cannot_read_the_data_is_named(cluster, tmp_path):
+    check = f"""
+import ray
+from tune.config import StudyConfig
+from tune.study import check_nodes
+ray.init(address="{cluster.address}")
+check_nodes(StudyConfig.model_validate({{"name": "x", "data": {{"root": "{tmp_path / 'missing'}"}}}}), [])
+"""
+    done = subprocess.run([sys.executable, "-c", check], env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert re.search(r"UserError: node [\d.]+ \(\w+\): data folder not found: \S*missing\n",
+                     done.stderr), done.stderr[-2000:]
+
+
+def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, mlflow_server, demo_data, tmp_path):
+    storage, fs = s3
+    path = tmp_path / "team.yaml"
+    path.write_text(STUDY)
+    env = cluster.env
+    base = ["run", str(path), "--data", str(demo_data), "--address", cluster.address]
+
+    # a cluster of two nodes and storage on this machine only: refused before anything runs
+    refused = subprocess.run(tune_cmd(*base), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--storage s3://" in refused.stderr.strip().splitlines()[-1]
+
+    # without the cluster's token, nothing connects
+    stranger = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")} | {"HOME": str(tmp_path)}
+    denied = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.address}')"],
+                            env=stranger, capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0
+
+    out = tmp_path / "out.txt"
+    args = [*base, "--storage", storage, "--tracking-uri", mlflow_server.uri]
+    with out.open("w") as stdout:
+        proc = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and out.read_text().count("epoch 2/8") < 2 and proc.poll() is None:
+            time.sleep(0.2)
+        cluster.remove_worker()  # the second machine is lost mid-study: its trial goes on on the head
+        time.sleep(2)
+        mlflow_server.stop()  # the tracking server restarts: 20 s without it
+        time.sleep(20)
+        mlflow_server.start()
+        assert proc.wait(timeout=400) == 0, out.read_text()[-3000:]
+    printed = out.read_text()
+    assert "checking the data on 1 other node(s)" in printed
+    assert "MLflow at" in printed and "answers again" in printed
+    assert "lost its process" in printed
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("team")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("tune.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    nodes = set()
+    for child in children:  # every trial finished, every epoch logged once, the code Ray shipped
+        assert child.data.tags["tune.outcome"] == "finished"
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == list(range(1, 9))
+        assert "runtime_resources" in child.data.tags["tune.code"], child.data.tags["tune.code"]
+        nodes |= set(child.data.tags["ray.node_ids"].split(","))
+    assert {cluster.head, cluster.worker} <= nodes  # trials ran on both machines
+
+    # nothing on this machine's disk: the study is in the bucket, and export and resume read it from there
+    assert not (tmp_path / "mlruns" / "ray").exists()
+    assert fs.get_file_info("studies/runs/team").type == pafs.FileType.Directory
+    export = tmp_path / "export"
+    done = subprocess.run(tune_cmd("export", "team", "--out", str(export), "--tracking-uri", mlflow_server.uri),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    best = json.loads((export / "metrics.json").read_text())["ray_trial_id"]
+    (trial_run,) = [c for c in children if c.data.tags["ray.trial_id"] == best]
+    downloaded = Path(client.download_artifacts(trial_run.info.run_id, "export", str(tmp_path / "down")))
+    for name in ("model.safetensors", "config.yaml", "metrics.json"):  # another member gets it through the server
+        assert (downloaded / name).read_bytes() == (export / name).read_bytes()
+
+    grown = subprocess.run(tune_cmd(*args, "--resume", "--num-samples", "5"), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+    assert grown.returncode == 0 and "has 4 trials: 1 more" in grown.stdout, grown.stdout[-3000:]
+    assert len(client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'trial'")) == 5
+    assert not (tmp_path / "mlruns" / "ray").exists()
+    shutil.rmtree(tmp_path / "down")
