@@ -363,3 +363,31 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
     assert trials[0].state.name == "PRUNED" and trials[0].intermediate_values == {1: 0.3}  # stopped before epoch 4
     assert trials[3].state.name == "COMPLETE" and trials[3].value == 0.4  # the shorter trial reached its last epoch
+
+
+def test_study_whose_driver_is_killed_resumes_with_every_trial_once(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=3, samples=4, concurrent=2, scheduler="fifo", seed=2, lrs="[0.003, 0.03]")
+    args = ["run", str(path), "--data", str(demo_data), "--name", "killed"]
+    proc = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not finished_trials(tmp_path, "killed"):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver's machine goes down mid-study, with its local Ray
+    proc.wait(timeout=60)
+    assert 1 <= len(finished_trials(tmp_path, "killed")) < 4
+
+    run(tmp_path, *args, "--resume")
+    client, parent, children = runs_of(tmp_path, "killed")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == 4  # each trial once
+    for child in children:  # each epoch once
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1, 2, 3]
+    import optuna
+
+    from tune.study import ORPHAN
+
+    trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
+    assert [t.state.name for t in trials if ORPHAN not in t.user_attrs] == ["COMPLETE"] * 4  # what ran, once each
+    assert all(t.state.name == "FAIL" for t in trials if ORPHAN in t.user_attrs)  # proposed, never ran: closed

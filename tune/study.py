@@ -30,6 +30,7 @@ from tune.storage import Storage
 OPTUNA_DB = Path("mlruns") / "optuna.db"  # the Optuna studies (optuna-dashboard sqlite:///mlruns/optuna.db)
 LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
 TRIAL_START_S = 10.0  # a trial's start beyond its own clock (Ray's worker and actor), in the time budget's plan
+ORPHAN = "tune.orphan"  # an Optuna trial the searcher proposed that never ran (its driver was killed)
 TRAINABLES = Path(__file__).resolve().parent.parent / "trainables"  # the code Ray ships to every node
 
 
@@ -163,7 +164,7 @@ def trial_states(name: str) -> Counter:
     if not OPTUNA_DB.is_file() or name not in {s.study_name for s in optuna.get_all_study_summaries(optuna_storage())}:
         return Counter()
     trials = optuna.load_study(study_name=name, storage=optuna_storage()).get_trials(deepcopy=False)
-    return Counter(t.state.name for t in trials)
+    return Counter(t.state.name for t in trials if ORPHAN not in t.user_attrs)
 
 
 def trials_done(name: str, states: Counter | None = None) -> int:
@@ -178,6 +179,15 @@ def prune_unended(name: str) -> None:
     study = optuna.load_study(study_name=name, storage=optuna_storage())
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+
+
+def close_orphans(name: str) -> None:
+    """After an interrupted round is finished: the Optuna trials still RUNNING were proposed after Ray last saved
+    the searcher (its driver was killed) and never ran. They are closed as FAIL, marked, and not counted."""
+    study = optuna.load_study(study_name=name, storage=optuna_storage())
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, ORPHAN, True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def forget_optuna_study(name: str) -> None:
@@ -369,6 +379,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
             view.on_experiment_end([])
             if not round_ended(results):
                 return results
+            close_orphans(study.name)
             if not states:
                 print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
                 return results
