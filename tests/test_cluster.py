@@ -62,34 +62,41 @@ def wait_for(url: str, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """SeaweedFS's S3 API on 127.0.0.1 with credentials and a bucket; yields the storage URI of the studies."""
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    keys = {"AWS_ACCESS_KEY_ID": "tune-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
-    port = free_port(10000)
-    ports = {f"-{name}.port": free_port(10000) for name in ("master", "volume", "filer", "admin")}
-    args = [str(BIN / "weed"), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=studies",
-            f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
-            *(f"{k}={v}" for k, v in ports.items())]
-    proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.environ.update(keys)  # this process and the cluster's nodes (started from it) reach the bucket
-    try:
+class SeaweedFS:
+    """SeaweedFS's S3 API on 127.0.0.1, with credentials (set in this process's environment, so that the
+    processes it starts reach the bucket) and a bucket `studies`; `uri` is a storage URI in it."""
+
+    def __init__(self, folder: Path):
+        keys = {"AWS_ACCESS_KEY_ID": "tune-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
+        port = free_port(10000)
+        ports = {f"-{name}.port": free_port(10000) for name in ("master", "volume", "filer", "admin")}
+        args = [str(BIN / "weed"), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-bucket=studies", f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+                "-admin.ui=false", *(f"{k}={v}" for k, v in ports.items())]
+        self.proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.environ.update(keys)
         wait_for(f"http://127.0.0.1:{port}")
-        uri = f"s3://studies/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
-        fs, _ = pafs.FileSystem.from_uri(uri)
+        self.uri = f"s3://studies/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
+        self.fs, _ = pafs.FileSystem.from_uri(self.uri)
         deadline = time.time() + 30
         while time.time() < deadline:  # the bucket is made just after the server answers
             try:
-                fs.get_file_info(pafs.FileSelector("studies", allow_not_found=True))
-                break
+                self.fs.get_file_info(pafs.FileSelector("studies", allow_not_found=True))
+                return
             except OSError:
                 time.sleep(0.5)
-        yield uri, fs
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    yield server.uri, server.fs
+    server.stop()
 
 
 class MlflowServer:

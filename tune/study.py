@@ -37,7 +37,7 @@ TRAINABLES = Path(__file__).resolve().parent.parent / "trainables"  # the code R
 def study_storage(name: str, given: str | None = None, uri: str | None = None) -> Storage:
     """Where the study `name` keeps its Ray folder: `given` (--storage), else what the study was run with (its
     parent run's `storage` param in the MLflow store `uri`), else $TUNE_STORAGE, else mlruns/ray."""
-    if given is None and uri is not None:
+    if given is None and uri is not None and tracking.store_exists(uri):
         client = tracking.connect(uri)
         parent = tracking.find_study_run(client, name)
         given = client.get_run(parent).data.params.get("storage") if parent else None

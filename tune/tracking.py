@@ -53,6 +53,11 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def store_exists(uri: str) -> bool:
+    """Whether there is a store at `uri` to read (a SQLite file that is not there is not made by asking)."""
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
