@@ -7,7 +7,7 @@ import json
 import os
 import re
 import secrets
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -249,13 +249,31 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     best = json.loads((export / "metrics.json").read_text())["ray_trial_id"]
     (trial_run,) = [c for c in children if c.data.tags["ray.trial_id"] == best]
-    downloaded = Path(client.download_artifacts(trial_run.info.run_id, "export", str(tmp_path / "down")))
-    for name in ("model.safetensors", "config.yaml", "metrics.json"):  # another member gets it through the server
+    ref = f"runs:/{trial_run.info.run_id}/export"  # another member scores it, downloaded through the server
+    scored = subprocess.run(tune_cmd("evaluate", "--model", ref, "--data", str(demo_data), "--tracking-uri",
+                                     mlflow_server.uri), cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert scored.returncode == 0 and "macro F1" in scored.stdout, scored.stdout[-2000:] + scored.stderr[-2000:]
+    (downloaded,) = [p.parent for p in (tmp_path / "mlruns" / "downloads").rglob("config.yaml")]
+    for name in ("model.safetensors", "config.yaml", "metrics.json"):  # byte for byte what was exported
         assert (downloaded / name).read_bytes() == (export / name).read_bytes()
 
-    grown = subprocess.run(tune_cmd(*args, "--resume", "--num-samples", "5"), cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=400)
-    assert grown.returncode == 0 and "has 4 trials: 1 more" in grown.stdout, grown.stdout[-3000:]
-    assert len(client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'trial'")) == 5
+    # the study grows by 2 trials from s3://, its driver is killed mid-round, and --resume restores it from there
+    grown = tmp_path / "grown.txt"
+    with grown.open("w") as stdout:
+        proc = subprocess.Popen(tune_cmd(*args, "--resume", "--num-samples", "6"), cwd=tmp_path, env=env,
+                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and "#5 epoch 2/8" not in grown.read_text() and proc.poll() is None:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert "has 4 trials: 2 more" in grown.read_text(), grown.read_text()[-3000:]
+    resumed = subprocess.run(tune_cmd(*args, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'trial'")
+    assert len(trials) == 6 and {t.data.tags["tune.outcome"] for t in trials} == {"finished"}
+    for trial in trials:
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_f1")] == list(range(1, 9))
     assert not (tmp_path / "mlruns" / "ray").exists()
-    shutil.rmtree(tmp_path / "down")

@@ -100,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("--model", action="append", required=True, metavar="DIR",
-                             help="an export folder (repeatable: one per task, or several to ensemble)")
+                             help="an export folder, or runs:/RUN_ID/export (an export logged to MLflow, downloaded "
+                             "through --tracking-uri) (repeatable: one per task, or several to ensemble)")
+        command.add_argument("--tracking-uri")
         command.add_argument("--data", required=True,
                              help="the eval/ folder (info.csv, images/)" if name == "predict" else "a train/ folder")
         command.add_argument("--tta", choices=["none", "flip"], default="none", help="average with the mirror image")
@@ -114,7 +116,6 @@ def parser() -> argparse.ArgumentParser:
         else:
             command.add_argument("--persons", choices=["val", "all"], default="val",
                                  help="val: the models' validation persons; all: every person (none may be seen)")
-            command.add_argument("--tracking-uri")
 
     score = sub.add_parser("score", help="macro F1 of a submission (ImageID,ans) against the answers")
     score.add_argument("submission", help="the submission CSV: ImageID,ans")
@@ -262,25 +263,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tune.export import fetch_export
     from tune.predict import predict_submission
+    from tune.tracking import tracking_uri
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
-    info = predict_submission(args.model, args.data, args.out, args.device, args.batch_size, args.tta == "flip",
+    models = [fetch_export(m, tracking_uri(args.tracking_uri)) for m in args.model]
+    info = predict_submission(models, args.data, args.out, args.device, args.batch_size, args.tta == "flip",
                               args.vote)
     print(f"wrote {args.out}: {len(info)} predictions")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tune.export import fetch_export
     from tune.predict import evaluate
     from tune.tracking import tracking_uri
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
-    evaluate(args.model, args.data, args.persons, args.device, args.batch_size, args.tta == "flip", args.vote,
+    models = [fetch_export(m, tracking_uri(args.tracking_uri)) for m in args.model]
+    evaluate(models, args.data, args.persons, args.device, args.batch_size, args.tta == "flip", args.vote,
              tracking_uri(args.tracking_uri))
     return 0
 

@@ -11,6 +11,7 @@ keeps its best checkpoints, so that epoch's weights are on disk. An export folde
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -60,6 +61,30 @@ def export_split(folder: str | Path) -> tuple[list[str], list[str]]:
     """The (train, validation) persons an export was trained and validated on."""
     split = json.loads((Path(folder) / "split.json").read_text())
     return split["train"], split["val"]
+
+
+DOWNLOADS = Path("mlruns") / "downloads"  # exports fetched from a tracking server, one folder per address
+
+
+def fetch_export(ref: str, uri: str) -> str:
+    """An export folder on this machine: `ref` itself, or, for an MLflow address of a logged export
+    (runs:/RUN_ID/export, what `tune export` logs to the trial's run), its files downloaded through the
+    tracking server `uri` once (a teammate's export, from the shared server)."""
+    if not ref.startswith(("runs:/", "mlflow-artifacts:/")):
+        return ref
+    folder = DOWNLOADS.resolve() / hashlib.sha1(f"{uri} {ref}".encode()).hexdigest()[:16]
+    if not (folder / ".complete").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(folder), tracking_uri=uri)
+        except Exception as e:  # noqa: BLE001 - MLflow's own error, shortened to one line
+            raise UserError(f"{ref}: cannot download it from {uri}: {str(e).splitlines()[0]}") from None
+        (folder / ".complete").touch()
+    found = [p.parent for p in folder.rglob("config.yaml")]
+    if len(found) != 1:
+        raise UserError(f"{ref} holds no export (config.yaml and model.safetensors)" if not found else
+                        f"{ref} holds {len(found)} exports: name one")
+    return str(found[0])
 
 
 def export_config(folder: str | Path, data_root: str | None = None) -> TrialConfig:

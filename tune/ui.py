@@ -15,12 +15,18 @@ import time
 import webbrowser
 
 from trainables.config import UserError
-from tune.tracking import artifact_root, connect, study_experiment, trials_url
+from tune.tracking import artifact_root, connect, is_server, study_experiment, trials_url
 
 
 def serve(uri: str, port: int, study: str | None) -> int:
     """Run the MLflow UI over the store `uri` until Ctrl-C; print (and on a desktop open) the study's trials."""
     experiment = study_experiment(connect(uri), study)
+    if is_server(uri):  # a team's tracking server has its own UI
+        url = trials_url(uri.rstrip("/"), experiment) if experiment else uri
+        print(f"MLflow UI: {url}")
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
+            webbrowser.open(url)
+        return 0
     if _answers(port):
         raise UserError(f"port {port} is taken on 127.0.0.1: pass --port")
     base = f"http://127.0.0.1:{port}"
