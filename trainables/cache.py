@@ -134,6 +134,6 @@ def prepare_node(root: str, max_persons: int | None, decodings: list, configured
         for size, crop in decodings:
             cached_images(files, size, tuple(crop) if crop else None, cache_dir(configured), root,
                           workers=os.cpu_count() or 1)
-    except (UserError, OSError) as e:
-        return str(e).splitlines()[0]
+    except Exception as e:  # noqa: BLE001 - whatever it is, named with the node by the driver in one line
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None

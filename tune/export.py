@@ -80,7 +80,8 @@ def fetch_export(ref: str, uri: str) -> str:
         except Exception as e:  # noqa: BLE001 - MLflow's own error, shortened to one line
             raise UserError(f"{ref}: cannot download it from {uri}: {str(e).splitlines()[0]}") from None
         (folder / ".complete").touch()
-    found = [p.parent for p in folder.rglob("config.yaml")]
+    ensembles = [p.parent for p in folder.rglob("ensemble.json")]  # tune export --ensemble: one model
+    found = ensembles or [p.parent for p in folder.rglob("config.yaml")]
     if len(found) != 1:
         raise UserError(f"{ref} holds no export (config.yaml and model.safetensors)" if not found else
                         f"{ref} holds {len(found)} exports: name one")

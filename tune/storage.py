@@ -10,6 +10,7 @@ and copy the checkpoints they use to `mlruns/checkpoints/` on this machine.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Storage:
     uri: str  # as the user gave it (or the local default, absolute)
     fs: pafs.FileSystem
     root: str  # the path of the studies' folder on `fs`
+
+    @property
+    def shown(self) -> str:
+        """The URI without credentials (an S3 URI may carry access_key= and secret_key=): to print and record."""
+        return re.sub(r"([?&])(access_key|secret_key|session_token)=[^&]*", r"\1\2=***", self.uri)
 
     @property
     def local(self) -> bool:
@@ -74,10 +80,10 @@ def resolve(uri: str | None = None) -> Storage:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise UserError(f"storage {uri}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"storage {uri.split('?')[0]}: {str(e).splitlines()[0]}") from None
     storage = Storage(uri, fs, path)
     try:  # credentials, endpoint and bucket, checked before anything runs
         storage.exists(path)
     except OSError as e:
-        raise UserError(f"storage {uri}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"storage {storage.shown}: {str(e).splitlines()[0]}") from None
     return storage

@@ -41,6 +41,8 @@ def study_storage(name: str, given: str | None = None, uri: str | None = None) -
         client = tracking.connect(uri)
         parent = tracking.find_study_run(client, name)
         given = client.get_run(parent).data.params.get("storage") if parent else None
+        if given and ("://" not in given and not Path(given).is_dir() or "=***" in given):
+            given = None  # another machine's folder, or a URI whose credentials were not recorded
     return storage.resolve(given if given not in (None, "None") else None)
 
 
@@ -57,7 +59,7 @@ def best_checkpoints(study: str, metric: str, mode: str, store: Storage | None =
     store = store or storage.resolve()
     folder = store.study(study)
     if not store.exists(folder):
-        raise UserError(f"no study named {study!r} in {store.uri}")
+        raise UserError(f"no study named {study!r} in {store.shown}")
     files = store.files(folder)
     cut = {f.rsplit("/", 1)[0] for f in files if f.endswith(f"/{tracking.CUT_MARKER}")}
     best: dict[str, tuple[float, str, dict]] = {}
@@ -131,9 +133,9 @@ def check_name(name: str, resume: bool, store: Storage) -> None:
     """A new study needs a new name; --resume needs an interrupted study of that name."""
     path = store.study(name)
     if resume and not tune.Tuner.can_restore(path, storage_filesystem=store.fs):
-        raise UserError(f"no interrupted study {name!r} to resume in {store.uri}")
+        raise UserError(f"no interrupted study {name!r} to resume in {store.shown}")
     if not resume and store.exists(path):
-        raise UserError(f"study {name!r} exists in {store.uri}: pass --resume to continue it or --name for a new one")
+        raise UserError(f"study {name!r} exists in {store.shown}: pass --resume to continue it or --name for a new one")
 
 
 def check_backbones(study: StudyConfig, nodes: list) -> None:
@@ -219,6 +221,8 @@ class StudySearch(OptunaSearch):
     - A trial stopped before its last epoch (by ASHA, or cut by the time budget) is PRUNED, not COMPLETE: Ray's
       searcher would give TPE its epoch-2 score as if it were a finished trial's. Optuna ranks PRUNED trials
       below the finished ones, by the epoch they reached and their last score there.
+    - A trial Optuna holds as ended already is not told again: a study whose driver was killed is restored from
+      Ray's last saved state, which can be behind the Optuna store, so a trial that ended after it runs again.
     - With a deadline, no trial starts that would not reach its last epoch before it: a full trial's time is
       the slowest pace seen so far (seconds per epoch since its start, start-up included) times the epochs. When a
       full trial no longer fits but one of at least half its epochs does, that shorter trial starts instead
@@ -253,14 +257,23 @@ class StudySearch(OptunaSearch):
             config["train.epochs"] = self.epochs[trial_id] = fits
         return config
 
+    def ended_in_optuna(self, trial_id: str) -> bool:
+        """Whether Optuna holds the trial as ended already: a study whose driver was killed is restored from Ray's
+        last saved state, which can be behind the Optuna store (a trial that ended after it is run again)."""
+        trial = self._ot_trials.get(trial_id)
+        return trial is not None and self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if TRIAL_ERROR in result:
+        if TRIAL_ERROR in result or self.ended_in_optuna(trial_id):
             return
         if self.deadline is not None and result.get("epoch"):
             self.pace[trial_id] = result["time_total_s"] / result["epoch"]
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.ended_in_optuna(trial_id):
+            self._ot_trials.pop(trial_id, None)
+            return
         if result and TRIAL_ERROR in result:
             result, error = None, True
         elif self.max_epochs and result and result.get("epoch", 0) < self.epochs.get(trial_id, self.max_epochs):
@@ -278,7 +291,7 @@ def scheduler(study: StudyConfig):
 
 def settings(study: StudyConfig, store: Storage) -> dict:
     return {"search": study.search.model_dump(), "scheduler": study.scheduler.model_dump(),
-            "resources": study.resources.model_dump(), "storage": store.uri}
+            "resources": study.resources.model_dump(), "storage": store.shown}
 
 
 def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
@@ -316,7 +329,10 @@ def check_nodes(study: StudyConfig, nodes: list) -> None:
                .remote(study.data.root, study.data.max_persons, decodings(study, nodes) if study.data.cache else [],
                        study.data.cache_dir) for n in others}
     for node in others:
-        error = ray.get(pending[node["NodeID"]])
+        try:
+            error = ray.get(pending[node["NodeID"]])
+        except ray.exceptions.RayError as e:  # the node went away, or its code could not be set up
+            error = str(e).strip().splitlines()[-1]
         if error:
             raise UserError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}): {error}")
 
@@ -346,9 +362,11 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study, store))
     client.update_run(parent, status="RUNNING")
     unlogged = LOG_DIR / f"{study.name}.unlogged.json"  # what the tracking server did not take last time
-    if unlogged.is_file():
-        tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, study.search.metric,
-                              study.mode, unlogged=unlogged).drain()
+    if unlogged.is_file():  # logged first on --resume; dropped by a new study of the same name
+        tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
+                                        study.search.metric, study.mode, unlogged=unlogged)
+        tracker.load_unlogged()
+        tracker.drain()
     tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
                              study.search.metric, study.mode)
     search = study.search
@@ -379,10 +397,10 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
             view.on_experiment_end([])
             if not round_ended(results):
                 return results
-            close_orphans(study.name)
             if not states:
                 print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
                 return results
+            close_orphans(study.name)
         done = trials_done(study.name)
         if resume and done >= search.num_samples:
             print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")

@@ -21,6 +21,7 @@ import pandas as pd
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from ray import tune
 from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -65,7 +66,7 @@ def is_server(uri: str) -> bool:
 def answers(uri: str) -> bool:
     """Whether the tracking server at `uri` answers its health check."""
     try:
-        return requests.get(f"{uri.rstrip('/')}/health", timeout=5).ok
+        return requests.get(f"{uri.rstrip('/')}/health", timeout=2).ok
     except requests.RequestException:
         return False
 
@@ -73,9 +74,8 @@ def answers(uri: str) -> bool:
 def quiet_retries() -> None:
     """MLflow's HTTP client retries a failed call for minutes by default, holding the whole study back; the
     tracker retries on its own, so each call gives up after seconds (settings already in the environment win)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
 def artifact_root() -> str:
@@ -232,7 +232,7 @@ class StudyTracker(tune.Callback):
     as when a restarted trial repeats the epochs after its last checkpoint).
     """
 
-    RETRY_S = 5.0  # how soon after a failed call the tracker tries the server again
+    RETRY_S = 10.0  # how soon after a failed call the tracker tries the server again
     DRAIN_S = 120.0  # how long the study's end waits for a server that does not answer
 
     def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str,
@@ -248,14 +248,23 @@ class StudyTracker(tune.Callback):
         self.anytime: list[tuple[float, float]] = []  # (seconds into the round, the study's best so far)
         self.unlogged = unlogged
         self.pending: list[list] = []  # [kind, trial id, payload]: the records MLflow has not taken yet
-        if unlogged is not None and unlogged.is_file():  # left by the study's last run: logged first
-            self.pending = json.loads(unlogged.read_text())
-            unlogged.unlink()
         self.retry_at, self.outage = 0.0, False
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state; the client stays behind
         return {**self.__dict__, "_client": None}
+
+    def __setstate__(self, state: dict) -> None:  # a tracker pickled before the queue existed restores too
+        defaults = {"logged": {}, "nodes": {}, "pending": [], "retry_at": 0.0, "outage": False, "unlogged": None}
+        self.__dict__.update({**defaults, **state})
+
+    def load_unlogged(self) -> None:
+        """Queue the records the study's last run left in `unlogged` (for this parent run only)."""
+        if self.unlogged is not None and self.unlogged.is_file():
+            saved = json.loads(self.unlogged.read_text())
+            if saved.get("parent") == self.parent:
+                self.pending = saved["records"] + self.pending
+            self.unlogged.unlink()
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
         return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime),
@@ -266,7 +275,7 @@ class StudyTracker(tune.Callback):
         self.runs, self.best = state["runs"], state["best"]
         self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
         self.logged, self.nodes = state.get("logged", {}), state.get("nodes", {})
-        self.pending = state.get("pending", []) + self.pending
+        self.pending = state.get("pending", [])
 
     @property
     def client(self) -> MlflowClient:
@@ -290,7 +299,7 @@ class StudyTracker(tune.Callback):
                      at=int(time.time() * 1000), node=result.get("node_id"), code=result.get("code"))
         if not self.anytime or self._better(value, self.anytime[-1][1]):  # anytime performance: the best so far
             self.anytime.append((time.time() - self.start, value))
-            self._record("anytime", "", value=value, step=int(self.anytime[-1][0]))
+            self._record("anytime", "", value=value, step=int(self.anytime[-1][0]), at=int(time.time() * 1000))
 
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
@@ -304,17 +313,18 @@ class StudyTracker(tune.Callback):
             with fs.open_output_stream(f"{folder}/{CUT_MARKER}") as f:
                 f.write(b"the time budget ended this trial before its last epoch\n")
         self._record("end", trial.trial_id, config=trial.config, outcome=ended, best=self.best.get(trial.trial_id),
-                     error=None, status="FINISHED")
+                     error=None, status="FINISHED", at=int(time.time() * 1000))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "failed"
         self._record("end", trial.trial_id, config=trial.config, outcome="failed",
-                     best=self.best.get(trial.trial_id), error=error_text(trial), status="FAILED")
+                     best=self.best.get(trial.trial_id), error=error_text(trial), status="FAILED",
+                     at=int(time.time() * 1000))
 
     def on_experiment_end(self, trials, **info):
         if self.deadline is not None and time.time() >= self.deadline:  # Ray's time limit stopped these trials
             for trial in trials:  # without telling callbacks that they ended
-                if trial.trial_id in self.runs and trial.trial_id not in self.ended:
+                if (trial.trial_id in self.runs or trial.last_result) and trial.trial_id not in self.ended:
                     self.on_trial_complete(0, trials, trial)
         rows = []
         for trial in trials:
@@ -343,10 +353,11 @@ class StudyTracker(tune.Callback):
             kind, trial_id, payload = self.pending[0]
             try:
                 getattr(self, f"_log_{kind}")(trial_id, **payload)
-            except Exception as e:  # noqa: BLE001 - an outage, or a record the store refuses
+            except (MlflowException, requests.RequestException) as e:
                 if not is_server(self.uri):
                     raise
-                if answers(self.uri):  # the server is there and refused this record: it would never take it
+                refused = isinstance(e, MlflowException) and e.get_http_status_code() < 500
+                if refused and answers(self.uri):  # the server is there and refused it: it never would take it
                     logging.getLogger(__name__).warning("MLflow refused a %s record of %s: %s", kind, trial_id, e)
                     self.pending.pop(0)
                     continue
@@ -370,7 +381,8 @@ class StudyTracker(tune.Callback):
             time.sleep(max(0.0, self.retry_at - time.time()))
         if self.pending and self.unlogged is not None:
             self.unlogged.parent.mkdir(parents=True, exist_ok=True)
-            self.unlogged.write_text(json.dumps(self.pending, default=str))
+            self.load_unlogged()  # what an earlier drain of this study left there, first
+            self.unlogged.write_text(json.dumps({"parent": self.parent, "records": self.pending}, default=str))
             live.say(f"MLflow at {self.uri} did not answer: {len(self.pending)} records are kept in {self.unlogged} "
                      "and logged by the study's next tune run --resume")
 
@@ -402,34 +414,32 @@ class StudyTracker(tune.Callback):
         run_id = self._run_of(trial_id, config)
         if epoch <= self.logged.get(trial_id, 0):  # an epoch repeated after a restart: its run has it
             return
-        self.client.log_batch(run_id, metrics=[Metric(k, v, at, epoch) for k, v in metrics.items()])
-        self.logged[trial_id] = epoch
-        nodes = self.nodes.setdefault(trial_id, [])
+        nodes = self.nodes.get(trial_id, [])
         if node and node not in nodes:  # where it ran (a retried trial may move) and the code it ran
-            nodes.append(node)
-            self.client.log_batch(run_id, tags=[RunTag("ray.node_ids", ",".join(nodes)),
-                                                RunTag("tune.code", code or "")])
+            nodes = [*nodes, node]
+        tags = [RunTag("ray.node_ids", ",".join(nodes)), RunTag("tune.code", code or "")] if node else []
+        self.client.log_batch(run_id, metrics=[Metric(k, v, at, epoch) for k, v in metrics.items()], tags=tags)
+        self.logged[trial_id], self.nodes[trial_id] = epoch, nodes
 
-    def _log_anytime(self, trial_id: str, value: float, step: int) -> None:
-        self.client.log_metric(self.parent, f"best_so_far_{self.metric}", value, step=step)
+    def _log_anytime(self, trial_id: str, value: float, step: int, at: int) -> None:
+        self.client.log_metric(self.parent, f"best_so_far_{self.metric}", value, timestamp=at, step=step)
 
     def _log_end(self, trial_id: str, config: dict, outcome: str, best: dict | None, error: str | None,
-                 status: str) -> None:
+                 status: str, at: int) -> None:
         run_id = self._run_of(trial_id, config)
         if best is not None:
-            self._log_best(run_id, config, dict(best))
+            self._log_best(run_id, config, dict(best), at)
         self.client.set_tag(run_id, "tune.outcome", outcome)
         if error is not None:
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, status)
 
-    def _log_best(self, run_id: str, config: dict, best: dict) -> None:
+    def _log_best(self, run_id: str, config: dict, best: dict, at: int) -> None:
         """For the trial's best epoch: its metrics as best_*, a confusion-matrix image and a per-class report."""
         resolved = resolve_trial(self.base, config)
         names = class_names(resolved.task, resolved.data.score_age_bounds)
         confusion = json.loads(best.pop("confusion"))
-        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0)
-                                               for k, v in best.items()])
+        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), at, 0) for k, v in best.items()])
         log_table(self.client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
         self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
                                "confusion_matrix.png")
