@@ -277,3 +277,36 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
     for trial in trials:
         assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_f1")] == list(range(1, 9))
     assert not (tmp_path / "mlruns" / "ray").exists()
+
+
+def test_records_the_server_never_took_are_kept_for_the_next_resume(mlflow_server, tmp_path, monkeypatch):
+    from tune import tracking
+
+    client = MlflowClient(mlflow_server.uri)
+    parent = tracking.start_study_run(client, "outage", "name: outage\n", [], {})
+    unlogged = tmp_path / "outage.unlogged.json"
+    base = {"task": "all", "model": {"backbone": "test_resnet", "image_size": 32}}
+    tracker = tracking.StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
+    tracker.RETRY_S, tracker.DRAIN_S = 0.5, 2.0
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as tracking.quiet_retries sets them for a study
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    mlflow_server.stop()  # down for the whole study: nothing is logged, nothing is lost
+    try:
+        tracker._record("start", "t1", config={"optimizer.lr": 0.01})
+        for epoch in (1, 2):
+            tracker._record("result", "t1", config={"optimizer.lr": 0.01}, epoch=epoch, metrics={"val_f1": 0.1 * epoch},
+                            at=1000 * epoch, node="n1", code="here")
+        tracker.drain()
+    finally:
+        mlflow_server.start()
+    assert json.loads(unlogged.read_text())["parent"] == parent and not tracker.runs
+
+    later = tracking.StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
+    later.load_unlogged()
+    later.drain()  # the next --resume: logged in order, once
+    later.load_unlogged()
+    later.drain()
+    assert not unlogged.exists()
+    (child,) = tracking.trial_runs(client, parent, "t1")
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val_f1")] == [(1, 0.1), (2, 0.2)]
+    assert child.data.params["optimizer.lr"] == "0.01" and child.data.tags["ray.node_ids"] == "n1"
