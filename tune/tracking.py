@@ -248,6 +248,7 @@ class StudyTracker(tune.Callback):
         self.anytime: list[tuple[float, float]] = []  # (seconds into the round, the study's best so far)
         self.unlogged = unlogged
         self.pending: list[list] = []  # [kind, trial id, payload]: the records MLflow has not taken yet
+        self.synced: set[str] = set()  # trials whose `logged` was read from their run in this process
         self.retry_at, self.outage = 0.0, False
         self._client: MlflowClient | None = None
 
@@ -255,7 +256,8 @@ class StudyTracker(tune.Callback):
         return {**self.__dict__, "_client": None}
 
     def __setstate__(self, state: dict) -> None:  # a tracker pickled before the queue existed restores too
-        defaults = {"logged": {}, "nodes": {}, "pending": [], "retry_at": 0.0, "outage": False, "unlogged": None}
+        defaults = {"logged": {}, "nodes": {}, "pending": [], "retry_at": 0.0, "outage": False, "unlogged": None,
+                    "synced": set()}
         self.__dict__.update({**defaults, **state})
 
     def load_unlogged(self) -> None:
@@ -275,7 +277,7 @@ class StudyTracker(tune.Callback):
         self.runs, self.best = state["runs"], state["best"]
         self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
         self.logged, self.nodes = state.get("logged", {}), state.get("nodes", {})
-        self.pending = state.get("pending", [])
+        self.pending, self.synced = state.get("pending", []), set()  # the runs may hold more than this state
 
     @property
     def client(self) -> MlflowClient:
@@ -394,13 +396,16 @@ class StudyTracker(tune.Callback):
             if found:  # the study was resumed, or the record is logged again
                 run_id = found[0].info.run_id
                 self.client.update_run(run_id, status="RUNNING")
-                history = self.client.get_metric_history(run_id, self.metric)
-                self.logged[trial_id] = max([m.step for m in history] + [self.logged.get(trial_id, 0)])
             else:
                 experiment = self.client.get_run(self.parent).info.experiment_id
                 tags = {"mlflow.parentRunId": self.parent, "ray.trial_id": trial_id, "tune.role": "trial"}
                 run_id = self.client.create_run(experiment, run_name=f"{self.study}_{trial_id}", tags=tags).info.run_id
+                self.synced.add(trial_id)  # new: it holds no epoch
             self.runs[trial_id] = run_id
+        if trial_id not in self.synced:  # the epochs its run holds: a state restored after a crash can be behind
+            history = self.client.get_metric_history(self.runs[trial_id], self.metric)
+            self.logged[trial_id] = max([m.step for m in history] + [self.logged.get(trial_id, 0)])
+            self.synced.add(trial_id)
         return self.runs[trial_id]
 
     def _log_start(self, trial_id: str, config: dict) -> None:
