@@ -432,7 +432,8 @@ class StudyTracker(tune.Callback):
     def _log_end(self, trial_id: str, config: dict, outcome: str, best: dict | None, error: str | None,
                  status: str, at: int) -> None:
         run_id = self._run_of(trial_id, config)
-        if best is not None:
+        ended_before = "tune.outcome" in self.client.get_run(run_id).data.tags  # ended again after a restore
+        if best is not None and not ended_before:
             self._log_best(run_id, config, dict(best), at)
         self.client.set_tag(run_id, "tune.outcome", outcome)
         if error is not None:
