@@ -187,7 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
     if args.address:
         studies.check_nodes(study, nodes)
-    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose, started)
+    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), store, args.resume, args.address, args.verbose,
+                      started)
     return summarize(study, store)
 
 

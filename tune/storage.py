@@ -4,7 +4,7 @@ By default `mlruns/ray/<study>` on this machine. `--storage URI` (YAML `storage:
 it on a folder every machine of a cluster mounts (an absolute path, NFS) or in an object store, through the
 pyarrow filesystems Ray itself uses: `s3://bucket/prefix` (credentials from the AWS environment variables or
 files; an S3-API server of your own with `?endpoint_override=HOST:PORT&scheme=http`), `gs://bucket/prefix`.
-Readers (`tune export`, `tune report`, the summary, `--resume`) list and read through the same filesystem,
+Readers (`tune export`, the summary, `--resume`) list and read through the same filesystem,
 and copy the checkpoints they use to `mlruns/checkpoints/` on this machine.
 """
 from __future__ import annotations
@@ -52,10 +52,6 @@ class Storage:
     def read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:
             return f.read().decode()
-
-    def write_text(self, path: str, text: str) -> None:
-        with self.fs.open_output_stream(path) as f:
-            f.write(text.encode())
 
     def local_path(self, folder: str) -> Path:
         """A folder of the storage as a folder on this machine: itself when local, else a copy (fetched once)."""

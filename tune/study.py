@@ -337,8 +337,8 @@ def check_nodes(study: StudyConfig, nodes: list) -> None:
             raise UserError(f"node {node['NodeManagerAddress']} ({node['NodeID'][:12]}): {error}")
 
 
-def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, address: str | None = None,
-              verbose: bool = False, started: float | None = None):
+def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume: bool = False,
+              address: str | None = None, verbose: bool = False, started: float | None = None):
     """Run the study to `search.num_samples` trials and return Ray's ResultGrid of its last round.
 
     With `search.time_budget_s`, the study ends that long after `started` (time.time(), default now: the
@@ -350,7 +350,6 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
     """
     import ray
 
-    store = storage.resolve(study.storage)
     path = store.study(study.name)
     if not verbose:
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
@@ -391,7 +390,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
         # an interrupted round (trials that started and did not end), or a study from before the Optuna store
         if resume and (states["RUNNING"] or not states):
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
-                                 trials_done(study.name, states), None, earlier_best(study))
+                                 trials_done(study.name, states), None, earlier_best(study, store))
             results = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                          storage_filesystem=store.fs).fit()
             view.on_experiment_end([])
@@ -411,7 +410,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, resume: bool = False, a
             tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
                                             search.metric, study.mode, deadline, unlogged)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
-                                 deadline, earlier_best(study))
+                                 deadline, earlier_best(study, store))
             tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store)
             results = tuner.fit()
             if deadline is not None and time.time() >= deadline:
@@ -441,10 +440,10 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
     )
 
 
-def earlier_best(study: StudyConfig) -> tuple[float, str] | None:
+def earlier_best(study: StudyConfig, store: Storage) -> tuple[float, str] | None:
     """The best epoch of the study's trials so far, as (value, which trial), for a resumed study's live view."""
     try:
-        _, metrics = best_checkpoints(study.name, study.search.metric, study.mode, storage.resolve(study.storage))[0]
+        _, metrics = best_checkpoints(study.name, study.search.metric, study.mode, store)[0]
     except UserError:
         return None
     return metrics[study.search.metric], f"trial {metrics.get('ray_trial_id')}"

@@ -270,14 +270,13 @@ class StudyTracker(tune.Callback):
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
         return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime),
-                "ended": dict(self.ended), "logged": dict(self.logged), "nodes": dict(self.nodes),
-                "pending": list(self.pending)}
+                "ended": dict(self.ended), "nodes": dict(self.nodes), "pending": list(self.pending)}
 
     def set_state(self, state: dict) -> None:
         self.runs, self.best = state["runs"], state["best"]
         self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
-        self.logged, self.nodes = state.get("logged", {}), state.get("nodes", {})
-        self.pending, self.synced = state.get("pending", []), set()  # the runs may hold more than this state
+        self.nodes, self.pending = state.get("nodes", {}), state.get("pending", [])
+        self.logged, self.synced = {}, set()  # read from the runs: they may hold more epochs than this state
 
     @property
     def client(self) -> MlflowClient:
@@ -404,7 +403,7 @@ class StudyTracker(tune.Callback):
             self.runs[trial_id] = run_id
         if trial_id not in self.synced:  # the epochs its run holds: a state restored after a crash can be behind
             history = self.client.get_metric_history(self.runs[trial_id], self.metric)
-            self.logged[trial_id] = max([m.step for m in history] + [self.logged.get(trial_id, 0)])
+            self.logged[trial_id] = max((m.step for m in history), default=0)
             self.synced.add(trial_id)
         return self.runs[trial_id]
 

@@ -24,8 +24,7 @@ def serve(uri: str, port: int, study: str | None) -> int:
     if is_server(uri):  # a team's tracking server has its own UI
         url = trials_url(uri.rstrip("/"), experiment) if experiment else uri
         print(f"MLflow UI: {url}")
-        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
-            webbrowser.open(url)
+        open_on_desktop(url)
         return 0
     if _answers(port):
         raise UserError(f"port {port} is taken on 127.0.0.1: pass --port")
@@ -43,8 +42,7 @@ def serve(uri: str, port: int, study: str | None) -> int:
             time.sleep(0.5)
         print(f"\nMLflow UI: {url}" + ("\n(no study in the store yet)" if not experiment else "") + "\nCtrl-C stops it",
               flush=True)
-        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
-            webbrowser.open(url)
+        open_on_desktop(url)
         return server.wait()
     except KeyboardInterrupt:
         return 0
@@ -54,6 +52,11 @@ def serve(uri: str, port: int, study: str | None) -> int:
         except ProcessLookupError:  # the group is gone already
             pass
         server.wait()
+
+
+def open_on_desktop(url: str) -> None:
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
+        webbrowser.open(url)
 
 
 def _answers(port: int) -> bool:
