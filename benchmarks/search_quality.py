@@ -6,13 +6,15 @@
 (a) recipe: `tune train benchmarks/recipe.yaml --time-budget` (resnet18 at 96 px, Adam 1e-3 constant, the whole
     photo, flip only) for as many epochs as fit, then `tune predict` on the eval persons;
 (b) service: `tune run SPACE --time-budget`, then `tune export --ensemble` and `tune predict --tta flip`,
-    as a user turns a study into a submission.
+    as a user turns a study into a submission;
+(c) prior: the study file's fixed values trained once, `tune train SPACE --time-budget` on every CPU, then
+    `tune predict --tta flip`: what the search adds to its own best guess.
 Each side starts from an empty photo cache and its own MLflow store (decoding counts), and its clock runs from
 its first command to its submission; both submissions are scored by `tune score` against the hidden answers.
 The part of B left for exporting and predicting (--reserve) is measured on this machine, not a guess.
 
 Writes benchmarks/results/search-quality-<device>.json (-40m.json etc. for other budgets; a side run alone keeps
-the other side's last numbers at the same budget)
+the other sides' last numbers at the same budget)
 and the commands' logs under --work.
 """
 from __future__ import annotations
@@ -75,6 +77,24 @@ def recipe(data: Path, budget: float, reserve: float, work: Path, env: dict) -> 
             **score(work / "recipe.csv", data / "eval_answers.csv", log, work, env)}
 
 
+def prior(data: Path, budget: float, reserve: float, space: str, work: Path, env: dict, sets: list[str]) -> dict:
+    log, out = work / "prior.log", work / "exports" / "prior"
+    start = time.monotonic()
+    extra = [a for s in sets for a in ("--set", s)]
+    text = run(TUNE + ["train", str(ROOT / space), "--data", str(data / "train"), "--out", str(out),
+                       "--time-budget", f"{budget - reserve:.0f}s", *extra], log, work, env)
+    trained = time.monotonic() - start
+    run(TUNE + ["predict", "--model", str(out), "--data", str(data / "eval"), "--tta", "flip",
+                "--out", str(work / "prior.csv")], log, work, env)
+    wall = time.monotonic() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = re.search(r"^plan: .*$", text, re.M)
+    return {"wall_s": round(wall, 1), "train_s": round(trained, 1), "reserve_s": reserve, "space": space,
+            "plan": plan.group(0) if plan else None, "epochs_trained": _epochs(log),
+            "kept_epoch": metrics["epoch"], "val_f1": metrics["val_f1"],
+            **score(work / "prior.csv", data / "eval_answers.csv", log, work, env)}
+
+
 def service(data: Path, budget: float, reserve: float, space: str, work: Path, env: dict, sets: list[str]) -> dict:
     log, name = work / "service.log", "search-quality"
     start, start_wall = time.monotonic(), time.time()
@@ -87,9 +107,12 @@ def service(data: Path, budget: float, reserve: float, space: str, work: Path, e
                 "--tta", "flip", "--out", str(work / "service.csv")], log, work, env)
     wall = time.monotonic() - start
     manifest = json.loads((work / "exports" / "service" / "ensemble.json").read_text())
+    plan = re.search(r"^plan: .*$", log.read_text(), re.M)
     return {"wall_s": round(wall, 1), "search_s": round(searched, 1), "reserve_s": reserve, "space": space,
-            "sets": sets,
+            "sets": sets, "plan": plan.group(0) if plan else None,
+            "anytime": anytime(work / "mlruns" / "ray" / name, start_wall),
             "where_the_search_went": where_time_went(work / "mlruns" / "ray" / name, start_wall, searched),
+            "rank_by_epoch": rank_by_epoch(work / "mlruns" / "ray" / name),
             "ensemble_members": len(manifest["members"]),
             "ensemble_val_f1": manifest["val_f1"], "best_trial_val_f1": manifest["best_member_val_f1"],
             "export_line": text.strip().splitlines()[0],
@@ -124,6 +147,37 @@ def where_time_went(folder: Path, started: float, searched: float) -> dict:
             "study_s": round(searched, 1)}
 
 
+def anytime(folder: Path, started: float) -> list[list[float]]:
+    """The best validation F1 so far against the seconds since the study's command started, from Ray's results."""
+    points = sorted((r["timestamp"] - started, r["val_f1"]) for results in folder.glob("*/result.json")
+                    for r in map(json.loads, filter(str.strip, results.read_text().splitlines())) if "val_f1" in r)
+    curve, best = [], -1.0
+    for t, value in points:
+        if value > best:
+            best = value
+            curve.append([round(t, 1), round(value, 4)])
+    return curve
+
+
+def rank_by_epoch(folder: Path) -> dict:
+    """For the trials whose schedule ran to its end: Spearman's rho of each epoch's validation F1 against the
+    final one (how well a rung at that epoch ranks the trials), where at least three trials reached it."""
+    from scipy.stats import spearmanr
+
+    curves = []
+    for results in folder.glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "val_f1" in r]
+        if rows and rows[-1]["epoch"] >= rows[-1].get("planned_epochs", rows[-1]["epoch"]):
+            curves.append({r["epoch"]: r["val_f1"] for r in rows})
+    out = {}
+    for epoch in sorted({e for c in curves for e in c}):
+        pairs = [(c[epoch], c[max(c)]) for c in curves if epoch in c]
+        if len(pairs) >= 3:
+            out[str(epoch)] = round(float(spearmanr(*zip(*pairs, strict=True)).statistic), 3)
+    return {"finished_trials": len(curves), "rho_by_epoch": out}
+
+
 def _epochs(log: Path) -> int:
     return len(re.findall(r"^epoch \d+/", log.read_text(), re.M))
 
@@ -133,11 +187,12 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", default="20m", help="wall-clock budget of each side (default 20m)")
-    p.add_argument("--side", choices=["both", "recipe", "service"], default="both")
+    p.add_argument("--side", choices=["all", "recipe", "service", "prior"], default="all")
     p.add_argument("--space", default="search_spaces/cpu.yaml", help="the service's study file")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides for the service's study")
     p.add_argument("--reserve-recipe", default="60s", help="part of B kept for predicting (recipe)")
-    p.add_argument("--reserve-service", default="60s", help="part of B kept for export and predict (service)")
+    p.add_argument("--reserve-service", default="45s", help="part of B kept for export and predict (service)")
+    p.add_argument("--reserve-prior", default="45s", help="part of B kept for predicting (prior)")
     p.add_argument("--data", default="/tmp/utkmask", help="where make_utkmask.py's data set is (made if missing)")
     p.add_argument("--work", help="working folder (default /tmp/search-quality-STAMP)")
     args = p.parse_args()
@@ -157,8 +212,8 @@ def main() -> int:
            "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                     text=True).stdout.strip(),
            "date": time.strftime("%Y-%m-%d")}
-    for side in ("recipe", "service"):
-        if args.side not in ("both", side):
+    for side in ("recipe", "prior", "service"):
+        if args.side not in ("all", side):
             if side in previous:
                 out[side] = previous[side]
             continue
@@ -169,12 +224,18 @@ def main() -> int:
         print(f"{side}: budget {budget:.0f} s, logs in {folder}", flush=True)
         if side == "recipe":
             out[side] = recipe(data, budget, parse_duration(args.reserve_recipe), folder, env)
+        elif side == "prior":
+            out[side] = prior(data, budget, parse_duration(args.reserve_prior), args.space, folder, env, args.set)
         else:
             out[side] = service(data, budget, parse_duration(args.reserve_service), args.space, folder, env, args.set)
         print(json.dumps(out[side], indent=1), flush=True)
-    if "recipe" in out and "service" in out:
-        out["recipe_f1_18"], out["service_f1_18"] = out["recipe"]["f1_18"], out["service"]["f1_18"]
-        out["gain_f1_18"] = round(out["service_f1_18"] - out["recipe_f1_18"], 4)
+    for side in ("recipe", "prior", "service"):
+        if side in out:
+            out[f"{side}_f1_18"] = out[side]["f1_18"]
+    if "service" in out:
+        for side in ("recipe", "prior"):
+            if side in out:
+                out[f"gain_over_{side}_f1_18"] = round(out["service"]["f1_18"] - out[side]["f1_18"], 4)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {results_file}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
@@ -291,10 +293,12 @@ scheduler: {name: fifo}
 def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tmp_path):
     path = study_file(tmp_path, epochs=3, samples=200, lrs="[0.003, 0.03]")
     started = time.monotonic()
-    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "70s")
+    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "70s",
+               "--set", "search.max_epochs=3")  # many short trials: the searcher's own planning is what is tested
     took = time.monotonic() - started
     assert took < 70 + 60, f"the study took {took:.0f} s for a budget of 70 s"
     assert "within 1m10s" in done.stdout and "no more trials: a trial takes about" in done.stdout
+    assert "trials of 3 epochs, 2 trials at a time" in done.stdout  # the plan, capped by search.max_epochs
     client, parent, children = runs_of(tmp_path, "it")
     assert 2 < len(children) < 200
     outcomes = {c.data.tags["tune.outcome"] for c in children}
@@ -307,9 +311,12 @@ def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tm
     assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-def test_time_budget_shorter_than_a_trial_cuts_it_and_says_so(demo_data, tmp_path):
-    path = study_file(tmp_path, epochs=2000, samples=4, scheduler="fifo", lrs="[0.003]")
-    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "35s"), cwd=tmp_path,
+def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
+    # the plan measures the fixed values (32 px); every sampled trial is at 320 px, 100 times the work: its first
+    # epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
+    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [320]}\n"))
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "40s"), cwd=tmp_path,
                           env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout
@@ -337,12 +344,60 @@ def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch)
     assert [m["val_f1"] for _, m in best_checkpoints("s", "val_f1", "max")] == [0.5]
 
 
+def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_data, tmp_path):
+    path = study_file(tmp_path, epochs=4)
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "2s"), cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip().count("\n") == 0 and "--time-budget" in done.stderr
+    assert "the time budget leaves" in done.stderr and "give it at least" in done.stderr
+    assert not (tmp_path / "mlruns" / "ray" / "it").exists() and "started" not in done.stdout
+
+
+def test_time_budget_plans_a_slow_pace_into_a_finished_schedule(demo_data, tmp_path):
+    """An epoch made slow on purpose (96 px on every CPU's share): the plan gives trials far fewer epochs than
+    train.epochs, the study ends within its budget, and the export is a trial whose schedule ran to its end."""
+    path = study_file(tmp_path, epochs=50, samples=20, lrs="[0.003, 0.03]")
+    started = time.monotonic()
+    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "75s",
+               "--set", "model.image_size=96")
+    took = time.monotonic() - started
+    planned = int(re.search(r"trials of (\d+) epochs", done.stdout).group(1))
+    assert 1 <= planned < 50 and took < 75 + 15, (planned, took)
+    client, parent, children = runs_of(tmp_path, "it")
+    assert "finished" in {c.data.tags["tune.outcome"] for c in children}
+    assert "cut" not in {c.data.tags["tune.outcome"] for c in children}  # every schedule ended inside the budget
+    assert client.get_run(parent.info.run_id).data.params["plan.epochs"] == str(planned)
+    run(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
+    metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    config = yaml.safe_load((tmp_path / "export" / "config.yaml").read_text())
+    trial_folder = next((tmp_path / "mlruns" / "ray" / "it").glob(f"*{metrics['ray_trial_id']}*"))
+    rows = [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines()]
+    assert rows[-1]["epoch"] == rows[-1]["planned_epochs"] == config["train"]["epochs"]  # its schedule ran out
+
+
+def test_a_new_study_runs_its_fixed_values_first(tmp_path, monkeypatch):
+    from tune import space
+    from tune.config import load_study
+    from tune.study import searcher
+
+    monkeypatch.chdir(tmp_path)
+    path = study_file(tmp_path, lrs="[0.003, 0.001, 0.03]")
+    path.write_text(path.read_text().replace("model: {", "optimizer: {name: sgd, lr: 0.001}\nmodel: {"))
+    study = load_study(path)
+    nodes = space.parse_space(study.space, study.trial_base(), "study.yaml")
+    first = searcher(study, nodes).suggest("a")
+    assert first["optimizer.name"] == "sgd" and first["optimizer.lr"] == 0.001  # the fixed values
+    assert first["optimizer.momentum"] == 0.0  # not fixed in the file, and the default (0.9) is no choice: sampled
+
+
 def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     import optuna
 
     from tune import space
     from tune.config import load_study
-    from tune.study import TRIAL_START_S, searcher
+    from tune.plan import RAY_START_S as TRIAL_START_S
+    from tune.study import searcher
 
     monkeypatch.chdir(tmp_path)
     study = load_study(study_file(tmp_path, epochs=4, scheduler="fifo"))
@@ -353,11 +408,11 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     assert search.trial_seconds() == 4 * 20.0 + TRIAL_START_S  # 90 s: fits in what is left
     assert search.suggest("c")
     search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 30.0, "training_iteration": 1})
-    # a full trial (4 x 30 s + 10 s) no longer fits in the 110 s left, 3 epochs do: a shorter trial starts instead
+    # a full trial (4 x 30 s + 5 s) no longer fits in the 110 s left, 3 epochs do: a shorter trial starts instead
     shorter = search.suggest("d")
     assert shorter["train.epochs"] == 3 and "optimizer.name" in shorter
     search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 60.0, "training_iteration": 1})
-    assert search.suggest("e") == "FINISHED" and "takes about 250 s" in search.refused  # not even half of it fits
+    assert search.suggest("e") == "FINISHED" and "takes about 245 s" in search.refused  # not even half of it fits
     search.on_trial_complete("d", {"val_f1": 0.4, "epoch": 3, "time_total_s": 90.0, "training_iteration": 3})
     search.on_trial_complete("a", {"val_f1": 0.3, "epoch": 1, "time_total_s": 20.0, "training_iteration": 1})
     trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials

@@ -152,11 +152,17 @@ def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, caps
                  "--tracking-uri", store]) == 0
     took = time.monotonic() - started
     printed = capsys.readouterr().out
-    epochs = int(printed.split("stopped after epoch ")[1].split(":")[0])
-    assert 1 <= epochs < 500 and "would end after the time budget" in printed
-    # no epoch started that would end after the budget: the run ends about when it does, the export after it
+    epochs = int(printed.split("plan: ")[1].split(": ")[1].split(" of train.epochs")[0])
+    assert 1 <= epochs < 500 and "end within the time budget" in printed
+    # the schedule was planned to end inside the budget (and re-planned if an epoch ran slower): the run ends
+    # about when it does, the export after it, and the export's config holds the schedule it trained
     assert took < 20 + 15
-    assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["epoch"] <= epochs
+    trained = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())["train"]["epochs"]
+    assert trained <= epochs and printed.count("\nepoch ") == trained
+    assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["epoch"] <= trained
+    assert main(["train", config, "--time-budget", "1s", "--out", str(tmp_path / "short"),
+                 "--tracking-uri", store]) == 2  # not one epoch fits: said before training
+    assert "give it at least" in capsys.readouterr().err and not (tmp_path / "short").exists()
     assert main(["train", config, "--time-budget", "20 minutes", "--out", str(tmp_path / "x"),
                  "--tracking-uri", store]) == 2
     assert main(["train", config, "--time-budget", "1m", "--folds", "3", "--out", str(tmp_path / "x"),

@@ -94,3 +94,35 @@ def test_first_epoch_reports_where_the_start_up_went(demo_data, tiny_config):
     first, second = trial.run_epoch(), trial.run_epoch()
     assert all(first[k] > 0 for k in ("startup_data_s", "startup_model_s", "first_step_s"))
     assert "startup_data_s" not in second
+
+
+def test_a_schedule_shortened_to_fit_a_deadline_still_ends_and_resumes_shortened(demo_data, tiny_config, tmp_path):
+    import time
+
+    trial = make(demo_data, tiny_config, train={"epochs": 6}, schedule={"name": "cosine"})
+    trial.run_epoch()
+    assert trial.fit_schedule(time.time() + 1000, epoch_s=10.0) is None  # 6 epochs fit: unchanged
+    assert trial.fit_schedule(time.time() + 25, epoch_s=10.0) == 3  # two more fit: its schedule is 3 epochs now
+    assert trial.fit_schedule(time.time() + 5, epoch_s=10.0) is None  # not one more fits: nothing to gain
+    steps = len(trial.train_loader)
+    assert trial.lr(3 * steps - 1) < 0.01 * trial.cfg.optimizer.lr  # the cosine ends at the new last epoch
+    result = trial.run_epoch()
+    assert result["planned_epochs"] == 3
+    trial.save(tmp_path, result)
+    resumed = make(demo_data, tiny_config, train={"epochs": 6}, schedule={"name": "cosine"})
+    resumed.load(tmp_path)  # a trial Ray retries keeps its shortened schedule
+    assert resumed.cfg.train.epochs == 3 and resumed.run_epoch()["planned_epochs"] == 3
+
+
+def test_measured_pace_is_what_an_epoch_takes(demo_data, tiny_config):
+    import time
+
+    trial = make(demo_data, tiny_config, train={"epochs": 3})
+    pace = trial.measure_pace(steps=3)
+    started = time.perf_counter()
+    trial.run_epoch()
+    took = time.perf_counter() - started
+    assert pace["train_step_s"] > 0 and pace["val_batch_s"] > 0
+    assert pace["epoch_s"] == pytest.approx(pace["train_step_s"] * len(trial.train_loader)
+                                            + pace["val_batch_s"] * len(trial.val_loader))
+    assert took / 5 < pace["epoch_s"] < took * 5  # the same order as a real epoch, from a few steps

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -26,16 +27,22 @@ TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itse
 CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
 
-def train_trial(config: dict, base: dict) -> None:
+def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
+    """end_by: when the study's time budget ends (time.time()); a trial whose schedule would end later is
+    shortened after an epoch, by its own slowest epoch so far, so that its schedule still ends."""
     try:
         trial = start_trial(resolve_trial(base, config))
     except Exception:  # noqa: BLE001 - the trial's own failure (a config its model cannot build): not retried
         return report_failure(0)
+    slowest, last = 0.0, time.time()
     while trial.epoch < trial.cfg.train.epochs:
         try:
             result = trial.run_epoch()
         except Exception:  # noqa: BLE001 - the trial's own failure (a NaN loss): not retried
             return report_failure(trial.epoch)
+        slowest, last = max(slowest, time.time() - last), time.time()
+        if end_by is not None and trial.fit_schedule(end_by, slowest):
+            result["planned_epochs"] = trial.cfg.train.epochs
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})
             result["confusion"] = json.dumps(result["confusion"])

@@ -113,11 +113,44 @@ class Trial:
         self.step += steps
         self.epoch += 1
         result = self.evaluate()
-        result.update(epoch=self.epoch, train_loss=train_loss, lr=lr, epoch_time_s=time.perf_counter() - start)
+        result.update(epoch=self.epoch, planned_epochs=self.cfg.train.epochs, train_loss=train_loss, lr=lr,
+                      epoch_time_s=time.perf_counter() - start)
         if self.startup:  # the first epoch of this process: where its start-up time went
             result.update(self.startup, first_step_s=first_step_s)
             self.startup = {}
         return result
+
+    def measure_pace(self, steps: int = 4) -> dict:
+        """What an epoch of this trial costs here, from a few timed steps (after one untimed, which starts the
+        loader): {"epoch_s": training and validation, "train_step_s", "val_batch_s", "first_step_s"}. The steps
+        train the model: measure on a trial that is thrown away."""
+        steps = max(1, min(steps, len(self.train_loader) - 1))
+        _, _, first = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
+                                  0, self.dev, max_steps=1)
+        started = time.perf_counter()
+        train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr, 1, self.dev,
+                    max_steps=steps)
+        train_step = (time.perf_counter() - started) / steps
+        val_batch = 0.0
+        if self.val_persons:
+            batches = max(1, min(2, len(self.val_loader)))
+            started = time.perf_counter()
+            predict(self.forward, self.val_loader, self.dev, self.loss_fn, max_batches=batches)
+            val_batch = (time.perf_counter() - started) / batches
+        epoch = train_step * len(self.train_loader) + val_batch * (len(self.val_loader) if self.val_persons else 0)
+        return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
+                "first_step_s": first}
+
+    def fit_schedule(self, end_by: float, epoch_s: float) -> int | None:
+        """Shorten the schedule (train.epochs) so that its last epoch ends by `end_by` (time.time()) at
+        `epoch_s` seconds an epoch; returns the new length, or None when it fits (or not even one more epoch
+        does: then nothing is gained by ending the schedule early). The learning-rate schedule follows the
+        new length from the next step on, so it still ends at the trial's last epoch."""
+        fits = self.epoch + int((end_by - time.time()) / max(epoch_s, 1e-9))
+        if self.epoch < fits < self.cfg.train.epochs:
+            self.cfg.train.epochs = fits
+            return fits
+        return None
 
     def evaluate(self) -> dict:
         """val_f1 (and the other scores) and val_loss on the validation persons (none: {})."""
@@ -132,8 +165,8 @@ class Trial:
     def save(self, folder: str | Path, result: dict) -> None:
         folder = Path(folder)
         save_model(self.model, str(folder / "model.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step},
-                   folder / "trainer.pt")
+        torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                    "epochs": self.cfg.train.epochs}, folder / "trainer.pt")
         (folder / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=1))
         (folder / "metrics.json").write_text(json.dumps(result, indent=1))
         if getattr(self, "val_outputs", None) is not None:  # this epoch's validation outputs: for ensembles
@@ -145,3 +178,4 @@ class Trial:
         state = torch.load(folder / "trainer.pt", map_location=self.dev.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.cfg.train.epochs = state.get("epochs", self.cfg.train.epochs)  # a schedule the time budget shortened

@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial; 0.25 = four trials per GPU")
     run.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
     run.add_argument("--time-budget", metavar="DURATION", help="end the study this long after the command starts, "
-                     "e.g. 40m or 1h30m (search.time_budget_s): no trial starts that would not finish before then")
+                     "e.g. 40m or 1h30m (search.time_budget_s): the trials' length and how many run at once are "
+                     "planned from the pace measured here, and every trial's schedule ends before then")
     run.add_argument("--address", help="join this Ray cluster (HEAD:6379) instead of starting a local one")
     run.add_argument("--storage", metavar="URI", help="checkpoints and Ray's experiment state: a folder every node "
                      "mounts or s3://BUCKET/PREFIX, gs://... (YAML storage:; default $TUNE_STORAGE, else mlruns/ray)")
@@ -86,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--full", action="store_true", help="train on every person, no validation (the final model)")
     how.add_argument("--folds", type=int, metavar="K", help="K models on person-stratified folds; out-of-fold F1")
     train.add_argument("--out", help="the export folder (default: exports/CONFIG-KIND-TIME)")
-    train.add_argument("--time-budget", metavar="DURATION", help="train as many epochs (up to train.epochs) as end "
-                       "within this wall time from the start, e.g. 20m: no epoch starts that would end after it")
+    train.add_argument("--time-budget", metavar="DURATION", help="train a schedule of as many epochs (up to "
+                       "train.epochs) as the pace measured here says end within this wall time, e.g. 20m")
     train.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU threads and loader workers")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     train.add_argument("--experiment", default="train", help="the MLflow experiment (default: train)")
@@ -187,8 +188,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     nodes = studies.check_study(study, args.space, cluster=bool(args.address))
     if args.address:
         studies.check_nodes(study, nodes)
+    plan = None
+    if study.search.time_budget_s and not args.resume:  # a resumed study's trials keep the plan they were given
+        from tune.plan import apply, plan_study
+
+        if not args.verbose:
+            live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
+        studies.start_ray(store, args.address, args.verbose)  # its start is part of the budget: before the plan
+        plan = plan_study(study, started + study.search.time_budget_s - time.time(), studies.cluster_cpus())
+        apply(plan, study)
     studies.run_study(study, nodes, tracking_uri(args.tracking_uri), store, args.resume, args.address, args.verbose,
-                      started)
+                      started, plan)
     return summarize(study, store)
 
 

@@ -25,7 +25,13 @@ class SearchConfig(Strict):
     startup_trials: int = Field(10, ge=0, description="random trials before TPE or CMA-ES model the results")
     max_concurrent: int | None = Field(None, gt=0, description="trials at once; default: as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="wall seconds from the start of `tune run` to the "
-                                        "study's end: no trial starts that would not finish before it (--time-budget)")
+                                        "study's end (--time-budget): the study plans its trials' length and how many "
+                                        "run at once from the pace it measures (tune/plan.py); train.epochs is "
+                                        "then replaced by the plan")
+    min_epochs: int = Field(4, gt=0, description="with a time budget: the shortest schedule worth comparing trials "
+                            "by; a budget that holds less trains the study's fixed values alone, on every CPU")
+    max_epochs: int | None = Field(None, gt=0, description="with a time budget: the longest schedule the plan may "
+                                   "give a trial (default: as long as the budget allows)")
     max_failures: int = Field(2, ge=0, description="retries (from its last checkpoint) of a trial whose process "
                               "died; a trial that fails by itself is not retried")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"

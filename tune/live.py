@@ -76,6 +76,7 @@ class LiveView(tune.Callback):
         self.stream = stream or sys.stdout
         self.numbers: dict[str, int] = {}  # Ray trial id -> the trial's number in this study (1, 2, ...)
         self.trial_best: dict[str, tuple[float, int]] = {}  # Ray trial id -> (best value, its epoch)
+        self.planned: dict[str, int] = {}  # Ray trial id -> its schedule's length, as it last reported it
         self.ended: set[str] = set()  # Ray trial ids of the trials whose end was shown
         self.best = best  # (value, which trial) of the best epoch so far
         self.start = time.time()
@@ -113,7 +114,10 @@ class LiveView(tune.Callback):
             self.best, mark = (value, f"#{number}"), "  * best so far"
         losses = "  ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "train_loss") if k in result)
         seconds = f"  {result['epoch_time_s']:.1f}s" if "epoch_time_s" in result else ""
-        epochs = trial.config.get("train.epochs", self.epochs)  # a trial the time budget shortened has its own
+        epochs = result.get("planned_epochs") or trial.config.get("train.epochs", self.epochs)  # shortened: its own
+        if epochs < self.planned.setdefault(trial.trial_id, trial.config.get("train.epochs", self.epochs)):
+            mark += f"  (re-planned from {self.planned[trial.trial_id]} to {epochs} epochs: it ends within the budget)"
+        self.planned[trial.trial_id] = epochs
         self.say(f"#{number} epoch {epoch}/{epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

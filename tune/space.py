@@ -225,6 +225,33 @@ def describe(nodes: list, indent: str = "") -> list[str]:
     return lines
 
 
+def prior_point(nodes: list, defaults: TrialConfig) -> dict[str, Any]:
+    """The study's fixed values (`defaults`) as a point of its space, keyed by Optuna name: the first trial, so
+    the search starts from what is known. A fixed value the space cannot give is left to the sampler."""
+    point: dict[str, Any] = {}
+    for node in nodes:
+        if isinstance(node, Param):
+            value = _at(defaults, node.path)
+            value = list(value) if isinstance(value, tuple) else value
+            if node.kind == "choice":
+                if _plain(value) in [_plain(v) for v in node.values]:
+                    point[node.path] = _plain(value)
+            elif isinstance(value, (int, float)) and node.values[0] <= value <= node.values[1]:
+                point[node.path] = value
+        elif isinstance(node, Branching):
+            name = _at(defaults, f"{node.path}.name")
+            if name in node.branches:
+                point[f"{node.path}.name"] = name
+                point |= prior_point(node.branches[name], defaults)
+    return point
+
+
+def _at(config: BaseModel, path: str) -> Any:
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def param_names(nodes: list) -> list[str]:
     """Every Optuna name the space can sample, in the space's order."""
     names: list[str] = []

@@ -25,11 +25,11 @@ from trainables.models import check_backbone
 from trainables.trainable import TRIAL_ERROR, train_trial
 from tune import live, space, storage, tracking
 from tune.config import StudyConfig
+from tune.plan import RAY_START_S, Plan
 from tune.storage import Storage
 
 OPTUNA_DB = Path("mlruns") / "optuna.db"  # the Optuna studies (optuna-dashboard sqlite:///mlruns/optuna.db)
 LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
-TRIAL_START_S = 10.0  # a trial's start beyond its own clock (Ray's worker and actor), in the time budget's plan
 ORPHAN = "tune.orphan"  # an Optuna trial the searcher proposed that never ran (its driver was killed)
 TRAINABLES = Path(__file__).resolve().parent.parent / "trainables"  # the code Ray ships to every node
 
@@ -55,7 +55,9 @@ def best_checkpoint(study: str, metric: str, mode: str, store: Storage | None = 
 
 def best_checkpoints(study: str, metric: str, mode: str, store: Storage | None = None) -> list[tuple[str, dict]]:
     """Each trial's best kept checkpoint folder (a path on the storage's filesystem) and its metrics, the best
-    trial first (trials the time budget cut before their last epoch left out)."""
+    trial first. Trials the time budget cut before their last epoch are left out; so are the trials ASHA stopped
+    early, where any trial's schedule ran to its end (Ray always keeps a trial's last checkpoint, so its epoch
+    tells how far the trial got)."""
     store = store or storage.resolve()
     folder = store.study(study)
     if not store.exists(folder):
@@ -63,12 +65,16 @@ def best_checkpoints(study: str, metric: str, mode: str, store: Storage | None =
     files = store.files(folder)
     cut = {f.rsplit("/", 1)[0] for f in files if f.endswith(f"/{tracking.CUT_MARKER}")}
     best: dict[str, tuple[float, str, dict]] = {}
+    reached: dict[str, tuple[int, int]] = {}  # trial -> (its last epoch, its schedule's length then)
     for metrics_file in files:
         checkpoint, _, name = metrics_file.rpartition("/")
         trial = checkpoint.rpartition("/")[0]
         if name != "metrics.json" or not checkpoint.rpartition("/")[2].startswith("checkpoint_") or trial in cut:
             continue  # a trial cut half-trained by the time budget is never the best
         metrics = json.loads(store.read_text(metrics_file))
+        epoch = metrics.get("epoch", 0)
+        if epoch >= reached.get(trial, (0, 0))[0]:  # from before trials reported it: taken as finished
+            reached[trial] = (epoch, metrics.get("planned_epochs", epoch))
         value = metrics.get(metric)
         if value is not None and (trial not in best or (value > best[trial][0]) == (mode == "max")):
             best[trial] = (value, checkpoint, metrics)
@@ -77,7 +83,9 @@ def best_checkpoints(study: str, metric: str, mode: str, store: Storage | None =
                         "last epoch (none is exported): give it a longer --time-budget")
     if not best:
         raise UserError(f"study {study!r} has no checkpoint with {metric} yet")
-    ranked = sorted(best.values(), key=lambda s: s[0], reverse=mode == "max")
+    finished = {t for t in best if reached[t][0] >= reached[t][1]}
+    ranked = sorted((b for t, b in best.items() if t in finished or not finished), key=lambda s: s[0],
+                    reverse=mode == "max")
     return [(checkpoint, metrics) for _, checkpoint, metrics in ranked]
 
 
@@ -197,9 +205,12 @@ def forget_optuna_study(name: str) -> None:
         optuna.delete_study(study_name=name, storage=optuna_storage())
 
 
-def searcher(study: StudyConfig, nodes: list, done: int = 0, deadline: float | None = None) -> OptunaSearch:
-    """Optuna's sampler in Ray's searcher, over the study's Optuna study (which holds the `done` trials before);
-    with a `deadline` (time.time()), it starts no trial that would not reach its last epoch before it."""
+def searcher(study: StudyConfig, nodes: list, done: int = 0, deadline: float | None = None,
+             plan: Plan | None = None) -> OptunaSearch:
+    """Optuna's sampler in Ray's searcher, over the study's Optuna study (which holds the `done` trials before).
+    A new study's first trial is its fixed values (its prior), so the search is never worse than its best guess.
+    With a `deadline` (time.time()), it starts no trial that would not reach its last epoch before it, judged
+    first by the `plan`'s measured pace, then by the trials' own."""
     seed, startup = study.search.seed + done, study.search.startup_trials  # a grown study draws new random points
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
@@ -207,9 +218,11 @@ def searcher(study: StudyConfig, nodes: list, done: int = 0, deadline: float | N
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
                                                       warn_independent_sampling=False),
     }
+    prior = [space.prior_point(nodes, study.trial_defaults())] if not done and nodes else None
     search = StudySearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
-                         sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name)
-    search.plan(study.scheduler.max_t, deadline)
+                         sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name,
+                         points_to_evaluate=prior)
+    search.plan(study.scheduler.max_t, deadline, plan)
     return search
 
 
@@ -231,23 +244,29 @@ class StudySearch(OptunaSearch):
 
     max_epochs: int | None = None  # class defaults: a searcher saved before these existed is restored without them
     deadline: float | None = None
+    start_s: float = RAY_START_S
 
-    def plan(self, max_epochs: int, deadline: float | None) -> None:
+    def plan(self, max_epochs: int, deadline: float | None, plan: Plan | None = None) -> None:
         self.max_epochs, self.deadline = max_epochs, deadline
         self.pace: dict[str, float] = {}  # Ray trial id -> seconds per epoch since the trial started
+        if plan is not None:  # before any trial reports: the pace measured for the plan
+            self.pace["measured"] = plan.pace.epoch_s
+            self.start_s = plan.pace.start_s + RAY_START_S
         self.epochs: dict[str, int] = {}  # Ray trial id -> its epochs, where the budget shortened it
+        self.suggested: dict[str, float] = {}  # Ray trial id -> when it was proposed (time.time())
         self.refused: str | None = None  # why the last trial was not started
 
     def trial_seconds(self) -> float | None:
-        """What a new trial is expected to take to its last epoch (None: no trial has reported yet)."""
-        return max(self.pace.values()) * self.max_epochs + TRIAL_START_S if self.pace else None
+        """What a new trial is expected to take to its last epoch (None: no pace measured or reported yet)."""
+        return max(self.pace.values()) * self.max_epochs + self.start_s if self.pace else None
 
     def suggest(self, trial_id: str):
         needed = self.trial_seconds() if self.deadline is not None else None
+        self.suggested[trial_id] = time.time()
         if needed is None or time.time() + needed <= self.deadline:
             return super().suggest(trial_id)
         left = self.deadline - time.time()
-        fits = int((left - TRIAL_START_S) / max(self.pace.values()))
+        fits = int((left - self.start_s) / max(self.pace.values()))
         if fits < max(1, (self.max_epochs + 1) // 2):
             self.refused = f"a trial takes about {needed:.0f} s and {max(0.0, left):.0f} s of the time budget are left"
             live.say(f"no more trials: {self.refused}")
@@ -268,6 +287,9 @@ class StudySearch(OptunaSearch):
             return
         if self.deadline is not None and result.get("epoch"):
             self.pace[trial_id] = result["time_total_s"] / result["epoch"]
+            if result.get("training_iteration") == 1 and trial_id in getattr(self, "suggested", {}):
+                # Ray's own start of a trial (its process), which its clock does not see
+                self.start_s = max(self.start_s, time.time() - self.suggested[trial_id] - result["time_total_s"])
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -276,7 +298,8 @@ class StudySearch(OptunaSearch):
             return
         if result and TRIAL_ERROR in result:
             result, error = None, True
-        elif self.max_epochs and result and result.get("epoch", 0) < self.epochs.get(trial_id, self.max_epochs):
+        elif self.max_epochs and result and result.get("epoch", 0) < result.get(
+                "planned_epochs", self.epochs.get(trial_id, self.max_epochs)):
             result = None  # stopped early
         super().on_trial_complete(trial_id, result, error)
 
@@ -313,6 +336,13 @@ def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
                         "with --storage /shared/path)")
 
 
+def cluster_cpus() -> float:
+    """The CPUs trials can use: the cluster's, when this process joined one (--address), else this machine's."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
+
+
 def check_nodes(study: StudyConfig, nodes: list) -> None:
     """Before the first trial, on every node of the cluster but this one: read the data folder and fill that
     node's photo cache. UserError naming the node and the folder when a node cannot read it."""
@@ -338,12 +368,14 @@ def check_nodes(study: StudyConfig, nodes: list) -> None:
 
 
 def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume: bool = False,
-              address: str | None = None, verbose: bool = False, started: float | None = None):
+              address: str | None = None, verbose: bool = False, started: float | None = None,
+              plan: Plan | None = None):
     """Run the study to `search.num_samples` trials and return Ray's ResultGrid of its last round.
 
     With `search.time_budget_s`, the study ends that long after `started` (time.time(), default now: the
     command's start, so that checking and caching the data count): no trial starts that would not finish before
-    then (`StudySearch`), and a trial still running then is cut, marked so, and never exported.
+    then (`StudySearch`), a running trial shortens its schedule to end before then, and a trial still running
+    then is cut, marked so, and never exported. `plan` (tune/plan.py, applied to `study` already) is recorded.
     A new study is one round of trials. `resume` first finishes an interrupted round (Ray restores it), then,
     when the study has fewer trials than `num_samples`, runs a new round for the rest: its searcher reads the
     Optuna study, so it chooses knowing every earlier trial.
@@ -358,7 +390,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
     parent = tracking.find_study_run(client, study.name) if resume else None
     if parent is None:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
-        parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes), settings(study, store))
+        parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes),
+                                          settings(study, store) | (plan.params() if plan else {}))
     client.update_run(parent, status="RUNNING")
     unlogged = LOG_DIR / f"{study.name}.unlogged.json"  # what the tracking server did not take last time
     if unlogged.is_file():  # logged first on --resume; dropped by a new study of the same name
@@ -370,6 +403,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
                              study.search.metric, study.mode)
     search = study.search
     deadline = (started or time.time()) + search.time_budget_s if search.time_budget_s else None
+    if plan is not None:
+        print(plan.describe(), flush=True)
     at_once = f"{search.max_concurrent} at a time" if search.max_concurrent else "as resources allow"
     budget = f", within {live.duration(search.time_budget_s)}" if search.time_budget_s else ""
     print(f"study {study.name}: up to {search.num_samples} trials ({at_once}{budget}), {study.scheduler.name} "
@@ -379,7 +414,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
     start_ray(store, address, verbose)
     if not verbose:
         live.quiet_logs(LOG_DIR / f"{study.name}.log")
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base()),
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base(), end_by=deadline),
                                     {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a trial's failure report has no metric
     if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
@@ -411,7 +446,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
                                             search.metric, study.mode, deadline, unlogged)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
                                  deadline, earlier_best(study, store))
-            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store)
+            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store, plan)
             results = tuner.fit()
             if deadline is not None and time.time() >= deadline:
                 prune_unended(study.name)
@@ -421,7 +456,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
 
 
 def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool,
-              deadline: float | None, store: Storage) -> tune.Tuner:
+              deadline: float | None, store: Storage, plan: Plan | None = None) -> tune.Tuner:
     """A Tuner for the study's trials after its first `done`, in the study's Ray folder, ending by `deadline`."""
     search = study.search
     checkpoints = tune.CheckpointConfig(num_to_keep=study.train.keep_checkpoints,
@@ -429,7 +464,7 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done, deadline),
+            metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done, deadline, plan),
             scheduler=scheduler(study), num_samples=search.num_samples - done,
             max_concurrent_trials=search.max_concurrent,
             time_budget_s=max(1.0, deadline - time.time()) if deadline else None),

@@ -197,9 +197,15 @@ def outcome(trial, epochs: int, deadline: float | None = None) -> str:
     stopped_early (by ASHA), or cut (still training at the time budget's `deadline`, a time.time())."""
     if trial.status == "ERROR" or TRIAL_ERROR in (trial.last_result or {}):
         return "failed"
-    if (trial.last_result or {}).get("epoch", 0) >= trial.config.get("train.epochs", epochs):  # its own, if set
+    if (trial.last_result or {}).get("epoch", 0) >= planned_epochs(trial, epochs):
         return "finished"
     return "cut" if deadline is not None and time.time() >= deadline else "stopped_early"
+
+
+def planned_epochs(trial, epochs: int) -> int:
+    """A Ray trial's schedule: as it last reported it (it shortens itself to end within a time budget), else its
+    own config's (the searcher shortened it at its start), else the study's `epochs`."""
+    return (trial.last_result or {}).get("planned_epochs") or trial.config.get("train.epochs", epochs)
 
 
 def read_table(client: MlflowClient, run_id: str, name: str) -> pd.DataFrame | None:

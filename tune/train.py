@@ -25,6 +25,7 @@ from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 from tune import tracking
 from tune.export import write_export
+from tune.plan import plan_training
 
 METRIC = "val_f1"
 
@@ -33,9 +34,10 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
               name: str | None = None, keep: str = "best", deadline: float | None = None
               ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
-    its last: keep="last", and always without validation). With a `deadline` (time.monotonic()), no epoch starts
-    that the longest epoch so far says would end after it. Returns the kept epoch's metrics and, with
-    validation, (the model's outputs, the truth) of the validation photos at that epoch."""
+    its last: keep="last", and always without validation). With a `deadline` (time.time()), the schedule is
+    shortened after an epoch when the longest epoch so far says it would end after it (the learning rate follows
+    the new length, so the schedule still ends), and no epoch starts that would end after it. Returns the kept
+    epoch's metrics and, with validation, (the model's outputs, the truth) of the validation photos then."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
     run_id = run.info.run_id
@@ -46,11 +48,11 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
         out.mkdir(parents=True, exist_ok=True)
         longest = 0.0
         while trial.epoch < cfg.train.epochs:
-            if deadline is not None and trial.epoch and time.monotonic() + longest > deadline:
+            if deadline is not None and trial.epoch and time.time() + longest > deadline:
                 print(f"stopped after epoch {trial.epoch}: another (about {longest:.0f} s) would end after the "
                       f"time budget", flush=True)
                 break
-            started = time.monotonic()
+            started = time.time()
             result = trial.run_epoch()
             for key, value in result.items():
                 if isinstance(value, (int, float)):
@@ -61,9 +63,11 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.model, str(out / "model.safetensors"))
-            longest = max(longest, time.monotonic() - started)
+            longest = max(longest, time.time() - started)
+            if deadline is not None and trial.fit_schedule(deadline, longest):
+                print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
-        write_export(out, cfg, kept, (trial.train_persons, trial.val_persons))
+        write_export(out, trial.cfg, kept, (trial.train_persons, trial.val_persons))  # its epochs as trained
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -75,13 +79,19 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
 def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full: bool = False,
           folds: int | None = None, cpus: int = 1, time_budget_s: float | None = None) -> dict:
     """Train as asked (split, --full or --folds; a time budget for the first two) and return the summary that
-    is printed."""
-    deadline = time.monotonic() + time_budget_s if time_budget_s else None
+    is printed. With a time budget, the schedule's length (train.epochs at most) is planned from the pace
+    measured here, so that it ends within the budget (tune/plan.py)."""
+    deadline = time.time() + time_budget_s if time_budget_s else None
     if deadline is not None and folds is not None:
         raise UserError("--time-budget trains one model (the split or --full), not --folds")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --out with a new folder")
     table = data.read_table(cfg.data.root, cfg.data.max_persons)
+    if deadline is not None:
+        epochs, pace = plan_training(cfg, deadline - time.time(), cpus)
+        print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s) (measured): {epochs} of train.epochs "
+              f"{cfg.train.epochs} end within the time budget", flush=True)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     splits = data.fold_persons(table, cfg.data, folds) if folds is not None else None  # checks K first
     client = tracking.connect(uri)
     if full:

@@ -1,0 +1,136 @@
+"""How a study, or one training, spends a time budget: planned from the pace measured on this machine.
+
+Before the first trial, a throw-away `Trial` of the study's fixed values (its prior) times a few of its training
+steps and validation batches on the trial's resources (`Trial.measure_pace`): what an epoch costs here, and
+what a trial's start costs. From it and the seconds left:
+
+- trials at once: as the resources allow (and search.max_concurrent);
+- a trial's length (train.epochs, and ASHA's max_t): the longest schedule that lets the study finish
+  at least two full trials (one per slot when two or more run at once, two one after the other otherwise), so
+  a longer budget buys longer trials, and a slower machine shorter ones;
+- where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
+  all of this machine's CPUs, as long as the budget allows;
+- ASHA's first rung (grace_period) stays below the trial's length.
+
+Nothing here is a constant pace: a plan made on a slow host plans fewer epochs. What the measurement cannot
+see (trials sharing the machine slow each other; a sampled model slower than the prior) is corrected while
+the study runs: the searcher plans new trials from the slowest pace reported, and a running trial shortens its
+own schedule after an epoch when it would end after the budget (`trainables.trainable.train_trial`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from trainables.config import TrialConfig, UserError
+from trainables.trial import Trial
+
+RAY_START_S = 5.0  # a Ray trial's start beyond its own (worker process, imports): corrected by the first results
+FULL_TRIALS = 2  # full-length trials the plan leaves room for (a choice of at least two finished models)
+
+
+@dataclass
+class Pace:
+    """What a trial costs on `cpus` CPUs of this machine."""
+    epoch_s: float  # one epoch: training and validation
+    start_s: float  # the trial's start: data, model, the loader's first batch (Ray's own start not included)
+    cpus: float
+
+
+@dataclass
+class Plan:
+    epochs: int  # a trial's schedule
+    concurrent: int  # trials at once
+    cpus_per_trial: float
+    grace_period: int  # ASHA's first rung
+    pace: Pace
+    seconds: float  # the budget left when the plan was made
+    note: str = ""  # why this layout
+
+    def describe(self) -> str:
+        at_once = "1 trial at a time" if self.concurrent == 1 else f"{self.concurrent} trials at a time"
+        return (f"plan: {self.pace.epoch_s:.0f} s an epoch on {self.cpus_per_trial:g} CPU(s) (measured), "
+                f"{self.seconds:.0f} s left: trials of {self.epochs} epochs, {at_once}, first ASHA rung at "
+                f"epoch {self.grace_period}{self.note}")
+
+    def params(self) -> dict:
+        return {"plan.epochs": self.epochs, "plan.concurrent": self.concurrent,
+                "plan.cpus_per_trial": self.cpus_per_trial, "plan.grace_period": self.grace_period,
+                "plan.epoch_s": round(self.pace.epoch_s, 2), "plan.start_s": round(self.pace.start_s, 2)}
+
+
+def measure(cfg: TrialConfig, cpus: float, steps: int = 4) -> Pace:
+    """Time a few steps of `cfg`'s model, at its size and batch, on `cpus` threads of this process."""
+    threads = torch.get_num_threads()
+    try:
+        started = time.perf_counter()
+        trial = Trial(cfg, cpus=max(1, int(cpus)))
+        built = time.perf_counter() - started
+        pace = trial.measure_pace(steps)
+    finally:
+        torch.set_num_threads(threads)
+    return Pace(epoch_s=pace["epoch_s"], start_s=built + pace["first_step_s"], cpus=cpus)
+
+
+def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1, in_ray: bool = True) -> int:
+    """The longest schedule of which `trials` trials, one after the other, end within `seconds`."""
+    return math.floor((seconds / trials - pace.start_s - (RAY_START_S if in_ray else 0.0)) / pace.epoch_s)
+
+
+def plan_training(cfg: TrialConfig, seconds: float, cpus: int) -> tuple[int, Pace]:
+    """`tune train --time-budget`: the longest schedule, up to cfg's train.epochs, that ends within `seconds`
+    on `cpus` CPUs. Raises UserError when not one epoch fits."""
+    pace = measure(cfg, cpus)
+    epochs = min(cfg.train.epochs, epochs_that_fit(seconds, pace, in_ray=False))
+    if epochs < 1:
+        raise UserError(f"the time budget leaves {seconds:.0f} s, and one epoch of this model takes about "
+                        f"{pace.epoch_s:.0f} s here ({pace.start_s:.0f} s to start): give it at least "
+                        f"{math.ceil(pace.epoch_s + pace.start_s - seconds):.0f} s more (--time-budget)")
+    return epochs, pace
+
+
+def plan_study(study, seconds: float, cpus: float | None = None, measure_at=measure) -> Plan:
+    """Plan `study` (a StudyConfig) for the `seconds` left of its budget on `cpus` CPUs (default: this machine's).
+    Raises UserError when not one epoch of one trial fits."""
+    cpus = cpus or os.cpu_count() or 1
+    res, search = study.resources, study.search
+    slots = max(1, int(cpus // res.cpus_per_trial))
+    if res.gpus_per_trial > 0:
+        slots = min(slots, max(1, int(max(torch.cuda.device_count(), 1) // res.gpus_per_trial)))
+    concurrent = min(slots, search.max_concurrent or slots)
+    prior = study.trial_defaults()
+    pace = measure_at(prior, res.cpus_per_trial)
+    per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
+    epochs = epochs_that_fit(seconds, pace, per_slot)
+    if epochs < search.min_epochs and per_slot > 1:
+        epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
+    cpus_per_trial, note = res.cpus_per_trial, ""
+    if epochs < search.min_epochs and res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1):
+        alone = measure_at(prior, cpus)  # the budget holds barely one trial: the prior, on the whole machine
+        if epochs_that_fit(seconds, alone, 1) > epochs:
+            pace, cpus_per_trial, concurrent = alone, cpus, 1
+            epochs = epochs_that_fit(seconds, alone, 1)
+            note = (f"; the budget holds barely one trial of {search.min_epochs}+ epochs (search.min_epochs): "
+                    "the study's fixed values alone, on every CPU")
+    if search.max_epochs:
+        epochs = min(epochs, search.max_epochs)
+    if epochs < 1:
+        need = pace.start_s + RAY_START_S + pace.epoch_s
+        raise UserError(f"the time budget leaves {seconds:.0f} s after the checks, and one epoch of the study's "
+                        f"model takes about {pace.epoch_s:.0f} s here ({pace.start_s + RAY_START_S:.0f} s to start "
+                        f"a trial): give it at least {math.ceil(need):.0f} s more (--time-budget)")
+    grace = max(1, min(study.scheduler.grace_period, epochs - 1))
+    return Plan(epochs, concurrent, cpus_per_trial, grace, pace, seconds, note)
+
+
+def apply(plan: Plan, study) -> None:
+    """Set the plan in the study's config: what every trial, the scheduler and the searcher read."""
+    study.scheduler.max_t = plan.epochs
+    study.scheduler.grace_period = plan.grace_period
+    study.train = study.train.model_copy(update={"epochs": plan.epochs})  # set, so that the trials get it
+    study.resources.cpus_per_trial = plan.cpus_per_trial
+    study.search.max_concurrent = plan.concurrent
