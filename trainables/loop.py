@@ -33,9 +33,10 @@ class Device:
 
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device,
-                max_steps: int | None = None) -> tuple[float, int, float]:
+                max_steps: int | None = None, step_ends: list[float] | None = None) -> tuple[float, int, float]:
     """Train for one pass over the loader (or its first `max_steps` batches); returns (mean loss, steps taken,
-    seconds to the end of the first step, loader start included). Raises on a NaN or infinite loss."""
+    seconds to the end of the first step, loader start included). `step_ends` gets the time.perf_counter() at
+    the end of each step. Raises on a NaN or infinite loss."""
     model.train()
     total, steps, first_step_s, start = 0.0, 0, 0.0, time.perf_counter()
     for images, labels in loader:
@@ -60,6 +61,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
         steps += 1
         if steps == 1:
             first_step_s = time.perf_counter() - start
+        if step_ends is not None:
+            step_ends.append(time.perf_counter())
         if steps == max_steps:
             break
     return total / max(steps, 1), steps, first_step_s
@@ -67,11 +70,11 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Module | None = None,
-            flip: bool = False, progress: bool = False, max_batches: int | None = None
-            ) -> tuple[np.ndarray, np.ndarray, float]:
+            flip: bool = False, progress: bool = False, max_batches: int | None = None,
+            batch_ends: list[float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Outputs (float32) and labels of every sample in loader order (or of its first `max_batches`), and the
     mean loss when loss_fn is given. flip: average the outputs of each photo and its mirror image (test-time
-    augmentation)."""
+    augmentation). `batch_ends` gets the time.perf_counter() at the end of each batch."""
     model.eval()
     outputs, labels, loss_sum = [], [], 0.0
     for images, y in tqdm(loader, desc="predicting", unit="batch", disable=not progress, mininterval=2.0):
@@ -84,6 +87,8 @@ def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Modul
             loss_sum += loss_fn(logits, y.to(dev.device)).item() * len(y)
         outputs.append(logits.cpu().numpy())
         labels.append(y.numpy())
+        if batch_ends is not None:
+            batch_ends.append(time.perf_counter())
         if len(outputs) == max_batches:
             break
     n = sum(len(y) for y in labels)

@@ -120,23 +120,22 @@ class Trial:
             self.startup = {}
         return result
 
-    def measure_pace(self, steps: int = 4) -> dict:
-        """What an epoch of this trial costs here, from a few timed steps (after one untimed, which starts the
-        loader): {"epoch_s": training and validation, "train_step_s", "val_batch_s", "first_step_s"}. The steps
-        train the model: measure on a trial that is thrown away."""
-        steps = max(1, min(steps, len(self.train_loader) - 1))
+    def measure_pace(self, steps: int = 6) -> dict:
+        """What an epoch of this trial costs here, from a few timed steps of one pass (after two untimed ones:
+        the loader's start and the first steps' one-off work), and likewise for validation: {"epoch_s": training
+        and validation, "train_step_s", "val_batch_s", "first_step_s"}. The steps train the model: measure on a
+        trial that is thrown away."""
+        warm, steps = 2, max(1, min(steps, len(self.train_loader) - 2))
+        ends: list[float] = []
         _, _, first = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
-                                  0, self.dev, max_steps=1)
-        started = time.perf_counter()
-        train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr, 1, self.dev,
-                    max_steps=steps)
-        train_step = (time.perf_counter() - started) / steps
+                                  0, self.dev, max_steps=warm + steps, step_ends=ends)
+        train_step = (ends[-1] - ends[warm - 1]) / (len(ends) - warm) if len(ends) > warm else first
         val_batch = 0.0
         if self.val_persons:
-            batches = max(1, min(2, len(self.val_loader)))
+            ends = []
             started = time.perf_counter()
-            predict(self.forward, self.val_loader, self.dev, self.loss_fn, max_batches=batches)
-            val_batch = (time.perf_counter() - started) / batches
+            predict(self.forward, self.val_loader, self.dev, self.loss_fn, max_batches=4, batch_ends=ends)
+            val_batch = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
         epoch = train_step * len(self.train_loader) + val_batch * (len(self.val_loader) if self.val_persons else 0)
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
                 "first_step_s": first}
