@@ -228,6 +228,7 @@ def main() -> int:
             out[side] = prior(data, budget, parse_duration(args.reserve_prior), args.space, folder, env, args.set)
         else:
             out[side] = service(data, budget, parse_duration(args.reserve_service), args.space, folder, env, args.set)
+        out[side]["commit"] = out["commit"]  # a side run alone keeps the others' results, with their commit
         print(json.dumps(out[side], indent=1), flush=True)
     for side in ("recipe", "prior", "service"):
         if side in out:
