@@ -190,12 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         studies.check_nodes(study, nodes)
     plan = None
     if study.search.time_budget_s and not args.resume:  # a resumed study's trials keep the plan they were given
-        from tune.plan import apply, plan_study
+        from tune.plan import Measured, apply, plan_study
 
-        if not args.verbose:
-            live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
-        studies.start_ray(store, args.address, args.verbose)  # its start is part of the budget: before the plan
-        plan = plan_study(study, started + study.search.time_budget_s - time.time(), studies.cluster_cpus())
+        deadline, measured = started + study.search.time_budget_s, Measured()
+        if not args.address:  # measured on a quiet machine: Ray's start keeps its cores busy for a while
+            plan_study(study, deadline - time.time(), measure_at=measured)
+            if not args.verbose:
+                live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
+            studies.start_ray(store, args.address, args.verbose)
+        plan = plan_study(study, deadline - time.time(), studies.cluster_cpus(), measured)  # Ray's start counted
         apply(plan, study)
     studies.run_study(study, nodes, tracking_uri(args.tracking_uri), store, args.resume, args.address, args.verbose,
                       started, plan)

@@ -76,6 +76,18 @@ def measure(cfg: TrialConfig, cpus: float, steps: int = 4) -> Pace:
     return Pace(epoch_s=pace["epoch_s"], start_s=built + pace["first_step_s"], cpus=cpus)
 
 
+class Measured:
+    """`measure`, once per number of CPUs: a plan made again (once Ray has started) reuses the paces."""
+
+    def __init__(self):
+        self.paces: dict[float, Pace] = {}
+
+    def __call__(self, cfg: TrialConfig, cpus: float) -> Pace:
+        if cpus not in self.paces:
+            self.paces[cpus] = measure(cfg, cpus)
+        return self.paces[cpus]
+
+
 def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1, in_ray: bool = True) -> int:
     """The longest schedule of which `trials` trials, one after the other, end within `seconds`."""
     return math.floor((seconds / trials - pace.start_s - (RAY_START_S if in_ray else 0.0)) / pace.epoch_s)
