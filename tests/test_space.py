@@ -83,3 +83,15 @@ def test_age_bounds_and_age_head_are_searchable():
 def test_a_regressing_age_head_is_refused_for_task_all_in_a_space():
     with pytest.raises(UserError, match="space.model.age_head: .*regress needs task age or multi"):
         parse({"model.age_head": {"choice": ["classify", "regress"]}})
+
+
+def test_the_prior_point_holds_the_fixed_values_the_space_can_give():
+    from tune.space import prior_point
+
+    nodes = parse_space({"optimizer.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.backbone": {"choice": ["resnet18",
+                         "resnet34"]}, "train.batch_size": {"int": [16, 64], "step": 16},
+                         "optimizer.weight_decay": {"uniform": [0.0, 0.1]}}, {}, "s.yaml")
+    fixed = TrialConfig.model_validate({"optimizer": {"lr": 0.5, "weight_decay": 0.05}, "train": {"batch_size": 40},
+                                        "model": {"backbone": "resnet34"}})
+    # lr out of its range and 40 off the batch size's step grid: left to the sampler
+    assert prior_point(nodes, fixed) == {"model.backbone": "resnet34", "optimizer.weight_decay": 0.05}

@@ -388,7 +388,22 @@ def test_a_new_study_runs_its_fixed_values_first(tmp_path, monkeypatch):
     nodes = space.parse_space(study.space, study.trial_base(), "study.yaml")
     first = searcher(study, nodes).suggest("a")
     assert first["optimizer.name"] == "sgd" and first["optimizer.lr"] == 0.001  # the fixed values
-    assert first["optimizer.momentum"] == 0.0  # not fixed in the file, and the default (0.9) is no choice: sampled
+
+
+def test_asha_never_stops_the_prior_early():
+    from ray.tune.experiment import Trial
+
+    from tune.study import PriorToTheEnd
+
+    asha = PriorToTheEnd({"optimizer.name": "sgd", "optimizer.lr": 0.001}, time_attr="training_iteration",
+                         metric="val_f1", mode="max", max_t=8, grace_period=1, reduction_factor=2)
+    good, prior, other = (Trial("t", config={"optimizer.name": "sgd", "optimizer.lr": lr}, stub=True)
+                          for lr in (0.01, 0.001, 0.02))
+    for trial in (good, prior, other):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, good, {"training_iteration": 1, "val_f1": 0.9}) == "CONTINUE"
+    assert asha.on_trial_result(None, other, {"training_iteration": 1, "val_f1": 0.1}) == "STOP"  # ASHA's rule
+    assert asha.on_trial_result(None, prior, {"training_iteration": 1, "val_f1": 0.1}) == "CONTINUE"  # the prior
 
 
 def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):

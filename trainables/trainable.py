@@ -23,6 +23,7 @@ import trainables
 from trainables.config import resolve_trial
 from trainables.trial import Trial
 
+MARGIN = 1.1  # a trial re-plans its schedule as if its epochs were this much slower than its slowest so far
 TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itself reports last
 CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
@@ -40,8 +41,9 @@ def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
             result = trial.run_epoch()
         except Exception:  # noqa: BLE001 - the trial's own failure (a NaN loss): not retried
             return report_failure(trial.epoch)
-        slowest, last = max(slowest, time.time() - last), time.time()
-        if end_by is not None and trial.fit_schedule(end_by, slowest):
+        span = time.time() - last - result.get("first_step_s", 0.0)  # the first epoch's loader start left out
+        slowest, last = max(slowest, span), time.time()
+        if end_by is not None and trial.fit_schedule(end_by, slowest * MARGIN):
             result["planned_epochs"] = trial.cfg.train.epochs
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})

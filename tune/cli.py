@@ -198,8 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.verbose:
                 live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
             studies.start_ray(store, args.address, args.verbose)
-        plan = plan_study(study, deadline - time.time(), studies.cluster_cpus(), measured)  # Ray's start counted
+        cpus, gpus = studies.cluster_resources()
+        plan = plan_study(study, deadline - time.time(), cpus, measured, gpus)  # Ray's start counted
         apply(plan, study)
+    elif args.resume:  # the plan it was run with, if any: restored trials and a new round keep it
+        from tune.plan import apply_params
+
+        apply_params(studies.study_params(study.name, tracking_uri(args.tracking_uri)), study)
     studies.run_study(study, nodes, tracking_uri(args.tracking_uri), store, args.resume, args.address, args.verbose,
                       started, plan)
     return summarize(study, store)

@@ -63,16 +63,20 @@ class Plan:
                 "plan.epoch_s": round(self.pace.epoch_s, 2), "plan.start_s": round(self.pace.start_s, 2)}
 
 
-def measure(cfg: TrialConfig, cpus: float, steps: int = 4) -> Pace:
-    """Time a few steps of `cfg`'s model, at its size and batch, on `cpus` threads of this process."""
+def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None) -> Pace:
+    """Time a few steps of `cfg`'s model, at its size and batch, on `cpus` threads of this process (on `split`,
+    (train, validation) persons, when given)."""
     threads = torch.get_num_threads()
     try:
         started = time.perf_counter()
-        trial = Trial(cfg, cpus=max(1, int(cpus)))
+        trial = Trial(cfg, cpus=max(1, int(cpus)), split=split)
         built = time.perf_counter() - started
         pace = trial.measure_pace(steps)
     finally:
         torch.set_num_threads(threads)
+    del trial
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the trials need the GPU's memory
     return Pace(epoch_s=pace["epoch_s"], start_s=built + pace["first_step_s"], cpus=cpus)
 
 
@@ -93,10 +97,10 @@ def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1, in_ray: bool = 
     return math.floor((seconds / trials - pace.start_s - (RAY_START_S if in_ray else 0.0)) / pace.epoch_s)
 
 
-def plan_training(cfg: TrialConfig, seconds: float, cpus: int) -> tuple[int, Pace]:
+def plan_training(cfg: TrialConfig, seconds: float, cpus: int, split=None) -> tuple[int, Pace]:
     """`tune train --time-budget`: the longest schedule, up to cfg's train.epochs, that ends within `seconds`
-    on `cpus` CPUs. Raises UserError when not one epoch fits."""
-    pace = measure(cfg, cpus)
+    on `cpus` CPUs (on `split` when given). Raises UserError when not one epoch fits."""
+    pace = measure(cfg, cpus, split=split)
     epochs = min(cfg.train.epochs, epochs_that_fit(seconds, pace, in_ray=False))
     if epochs < 1:
         raise UserError(f"the time budget leaves {seconds:.0f} s, and one epoch of this model takes about "
@@ -105,16 +109,20 @@ def plan_training(cfg: TrialConfig, seconds: float, cpus: int) -> tuple[int, Pac
     return epochs, pace
 
 
-def plan_study(study, seconds: float, cpus: float | None = None, measure_at=measure) -> Plan:
-    """Plan `study` (a StudyConfig) for the `seconds` left of its budget on `cpus` CPUs (default: this machine's).
-    Raises UserError when not one epoch of one trial fits."""
+def plan_study(study, seconds: float, cpus: float | None = None, measure_at=measure, gpus: float | None = None
+               ) -> Plan:
+    """Plan `study` (a StudyConfig) for the `seconds` left of its budget on `cpus` CPUs and `gpus` GPUs (default:
+    this machine's). Raises UserError when not one epoch of one trial fits."""
     cpus = cpus or os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if gpus is None else gpus
     res, search = study.resources, study.search
     slots = max(1, int(cpus // res.cpus_per_trial))
     if res.gpus_per_trial > 0:
-        slots = min(slots, max(1, int(max(torch.cuda.device_count(), 1) // res.gpus_per_trial)))
+        slots = min(slots, max(1, int(gpus // res.gpus_per_trial)))
     concurrent = min(slots, search.max_concurrent or slots)
     prior = study.trial_defaults()
+    if res.gpus_per_trial == 0:  # Ray hides the GPUs from trials that ask for none
+        prior.train.device = "cpu"
     pace = measure_at(prior, res.cpus_per_trial)
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
     epochs = epochs_that_fit(seconds, pace, per_slot)
@@ -134,15 +142,25 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
         need = pace.start_s + RAY_START_S + pace.epoch_s
         raise UserError(f"the time budget leaves {seconds:.0f} s after the checks, and one epoch of the study's "
                         f"model takes about {pace.epoch_s:.0f} s here ({pace.start_s + RAY_START_S:.0f} s to start "
-                        f"a trial): give it at least {math.ceil(need):.0f} s more (--time-budget)")
+                        f"a trial): give it at least {math.ceil(need - seconds):.0f} s more (--time-budget)")
     grace = max(1, min(study.scheduler.grace_period, epochs - 1))
     return Plan(epochs, concurrent, cpus_per_trial, grace, pace, seconds, note)
 
 
 def apply(plan: Plan, study) -> None:
     """Set the plan in the study's config: what every trial, the scheduler and the searcher read."""
-    study.scheduler.max_t = plan.epochs
-    study.scheduler.grace_period = plan.grace_period
-    study.train = study.train.model_copy(update={"epochs": plan.epochs})  # set, so that the trials get it
-    study.resources.cpus_per_trial = plan.cpus_per_trial
-    study.search.max_concurrent = plan.concurrent
+    apply_params(plan.params(), study)
+
+
+def apply_params(params: dict, study) -> bool:
+    """Set a plan given as its `plan.*` params (as its study's parent run keeps them: a resumed study's trials
+    and rounds keep the plan it was run with). False when `params` hold none."""
+    if "plan.epochs" not in params:
+        return False
+    epochs = int(params["plan.epochs"])
+    study.scheduler.max_t = epochs
+    study.scheduler.grace_period = int(params["plan.grace_period"])
+    study.train = study.train.model_copy(update={"epochs": epochs})  # set, so that the trials get it
+    study.resources.cpus_per_trial = float(params["plan.cpus_per_trial"])
+    study.search.max_concurrent = int(params["plan.concurrent"])
+    return True

@@ -40,15 +40,15 @@ class Param:
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         if self.kind == "choice":
-            return optuna.distributions.CategoricalDistribution([_plain(v) for v in self.values])
+            return optuna.distributions.CategoricalDistribution([plain(v) for v in self.values])
         if self.kind == "int":
             return optuna.distributions.IntDistribution(*self.values, log=self.log, step=int(self.step or 1))
         return optuna.distributions.FloatDistribution(*self.values, log=self.kind == "loguniform", step=self.step)
 
     def sample(self, trial: optuna.Trial) -> Any:
         if self.kind == "choice":
-            value = trial.suggest_categorical(self.path, [_plain(v) for v in self.values])
-            return self.values[[_plain(v) for v in self.values].index(value)]
+            value = trial.suggest_categorical(self.path, [plain(v) for v in self.values])
+            return self.values[[plain(v) for v in self.values].index(value)]
         if self.kind == "int":
             return trial.suggest_int(self.path, *self.values, step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.path, *self.values, log=self.kind == "loguniform", step=self.step)
@@ -60,7 +60,7 @@ class Branching:
     branches: dict[str, list[Param | Branching | tuple[str, Any]]] = field(default_factory=dict)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Optuna's categorical choices must be None, bool, int, float or str: lists become their JSON text."""
     return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
@@ -234,9 +234,10 @@ def prior_point(nodes: list, defaults: TrialConfig) -> dict[str, Any]:
             value = _at(defaults, node.path)
             value = list(value) if isinstance(value, tuple) else value
             if node.kind == "choice":
-                if _plain(value) in [_plain(v) for v in node.values]:
-                    point[node.path] = _plain(value)
-            elif isinstance(value, (int, float)) and node.values[0] <= value <= node.values[1]:
+                if plain(value) in [plain(v) for v in node.values]:
+                    point[node.path] = plain(value)
+            elif isinstance(value, (int, float)) and node.values[0] <= value <= node.values[1] and (
+                    not node.step or abs((value - node.values[0]) / node.step % 1) < 1e-9):  # on its step grid
                 point[node.path] = value
         elif isinstance(node, Branching):
             name = _at(defaults, f"{node.path}.name")

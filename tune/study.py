@@ -34,13 +34,20 @@ ORPHAN = "tune.orphan"  # an Optuna trial the searcher proposed that never ran (
 TRAINABLES = Path(__file__).resolve().parent.parent / "trainables"  # the code Ray ships to every node
 
 
+def study_params(name: str, uri: str) -> dict:
+    """The params of the study's parent run in the MLflow store `uri` ({} when it has none)."""
+    if not tracking.store_exists(uri):
+        return {}
+    client = tracking.connect(uri)
+    parent = tracking.find_study_run(client, name)
+    return client.get_run(parent).data.params if parent else {}
+
+
 def study_storage(name: str, given: str | None = None, uri: str | None = None) -> Storage:
     """Where the study `name` keeps its Ray folder: `given` (--storage), else what the study was run with (its
     parent run's `storage` param in the MLflow store `uri`), else $TUNE_STORAGE, else mlruns/ray."""
-    if given is None and uri is not None and tracking.store_exists(uri):
-        client = tracking.connect(uri)
-        parent = tracking.find_study_run(client, name)
-        given = client.get_run(parent).data.params.get("storage") if parent else None
+    if given is None and uri is not None:
+        given = study_params(name, uri).get("storage")
         if given and ("://" not in given and not Path(given).is_dir() or "=***" in given):
             given = None  # another machine's folder, or a URI whose credentials were not recorded
     return storage.resolve(given if given not in (None, "None") else None)
@@ -218,12 +225,17 @@ def searcher(study: StudyConfig, nodes: list, done: int = 0, deadline: float | N
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup,
                                                       warn_independent_sampling=False),
     }
-    prior = [space.prior_point(nodes, study.trial_defaults())] if not done and nodes else None
+    prior = study_prior(study, nodes, done)
     search = StudySearch(space=space.SpaceSampler(nodes), metric=study.search.metric, mode=study.mode,
                          sampler=samplers[study.search.algorithm](), storage=optuna_storage(), study_name=study.name,
-                         points_to_evaluate=prior)
+                         points_to_evaluate=[prior] if prior else None)
     search.plan(study.scheduler.max_t, deadline, plan)
     return search
+
+
+def study_prior(study: StudyConfig, nodes: list, done: int) -> dict | None:
+    """A new study's first trial: its fixed values as a point of its space (None when it grows, or has no space)."""
+    return (space.prior_point(nodes, study.trial_defaults()) or None) if not done and nodes else None
 
 
 class StudySearch(OptunaSearch):
@@ -287,9 +299,12 @@ class StudySearch(OptunaSearch):
             return
         if self.deadline is not None and result.get("epoch"):
             self.pace[trial_id] = result["time_total_s"] / result["epoch"]
-            if result.get("training_iteration") == 1 and trial_id in getattr(self, "suggested", {}):
-                # Ray's own start of a trial (its process), which its clock does not see
-                self.start_s = max(self.start_s, time.time() - self.suggested[trial_id] - result["time_total_s"])
+            proposed = getattr(self, "suggested", {}).pop(trial_id, None)  # its first result in this process
+            if proposed is not None and result.get("training_iteration") == 1:
+                # Ray's own start of a trial (its process), which its clock does not see; a trial queued for
+                # resources waited too, so no more than a trial's own start-up counts
+                waited = time.time() - proposed - result["time_total_s"]
+                self.start_s = max(self.start_s, min(waited, result["time_total_s"]))
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -304,12 +319,31 @@ class StudySearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def scheduler(study: StudyConfig):
+class PriorToTheEnd(ASHAScheduler):
+    """ASHA, except that the study's prior (its fixed values, a new study's first trial) is never stopped early:
+    the study then always holds its best guess trained to its last epoch, and the search is never worse than it."""
+
+    def __init__(self, prior: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.prior = prior
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and result.get(self._time_attr, 0) < self._max_t and self.is_prior(trial.config):
+            self._num_stopped -= 1
+            return self.CONTINUE
+        return action
+
+    def is_prior(self, config: dict) -> bool:
+        return bool(self.prior) and all(space.plain(config.get(k)) == v for k, v in self.prior.items())
+
+
+def scheduler(study: StudyConfig, prior: dict | None = None):
     s = study.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=min(s.grace_period, s.max_t),
-                         reduction_factor=s.reduction_factor)
+    return PriorToTheEnd(prior, time_attr="training_iteration", max_t=s.max_t,
+                         grace_period=min(s.grace_period, s.max_t), reduction_factor=s.reduction_factor)
 
 
 def settings(study: StudyConfig, store: Storage) -> dict:
@@ -336,11 +370,14 @@ def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
                         "with --storage /shared/path)")
 
 
-def cluster_cpus() -> float:
-    """The CPUs trials can use: the cluster's, when this process joined one (--address), else this machine's."""
+def cluster_resources() -> tuple[float, float | None]:
+    """The CPUs and GPUs trials can use: the cluster's, when Ray runs (None for the GPUs: this machine's)."""
     import ray
 
-    return ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else float(os.cpu_count() or 1)
+    if not ray.is_initialized():
+        return float(os.cpu_count() or 1), None
+    resources = ray.cluster_resources()
+    return resources.get("CPU", 1.0), resources.get("GPU", 0.0)
 
 
 def check_nodes(study: StudyConfig, nodes: list) -> None:
@@ -465,7 +502,7 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
         trainable,
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=study.mode, search_alg=searcher(study, nodes, done, deadline, plan),
-            scheduler=scheduler(study), num_samples=search.num_samples - done,
+            scheduler=scheduler(study, study_prior(study, nodes, done)), num_samples=search.num_samples - done,
             max_concurrent_trials=search.max_concurrent,
             time_budget_s=max(1.0, deadline - time.time()) if deadline else None),
         run_config=tune.RunConfig(

@@ -88,7 +88,8 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
         raise UserError(f"{out} is not empty: pass --out with a new folder")
     table = data.read_table(cfg.data.root, cfg.data.max_persons)
     if deadline is not None:
-        epochs, pace = plan_training(cfg, deadline - time.time(), cpus)
+        every = (sorted(table["person"].unique()), []) if full else None
+        epochs, pace = plan_training(cfg, deadline - time.time(), cpus, every)
         print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s) (measured): {epochs} of train.epochs "
               f"{cfg.train.epochs} end within the time budget", flush=True)
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})

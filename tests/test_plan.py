@@ -1,0 +1,73 @@
+"""Planning a time budget from a pace: the rules of tune/plan.py, given the paces a machine measured."""
+import pytest
+
+from trainables.config import UserError
+from tune.config import load_study
+from tune.plan import RAY_START_S, Pace, apply, apply_params, plan_study
+
+STUDY = """
+name: p
+data: {root}
+space:
+  loss.label_smoothing: {{uniform: [0.0, 0.1]}}
+search: {{min_epochs: 4}}
+resources: {{cpus_per_trial: 1}}
+"""
+
+
+@pytest.fixture
+def study(tmp_path, demo_data):
+    path = tmp_path / "p.yaml"
+    path.write_text(STUDY.format(root=demo_data))  # no train section: the plan's epochs must still reach the trials
+    return load_study(path)
+
+
+def paces(one_cpu: float, every_cpu: float, start: float = 2.0):
+    """What a machine measured: an epoch on one CPU, and on all of them."""
+    def measure_at(cfg, cpus):
+        return Pace(epoch_s=one_cpu if cpus == 1 else every_cpu, start_s=start, cpus=cpus)
+    return measure_at
+
+
+def test_a_longer_budget_buys_longer_trials_and_a_slower_machine_shorter_ones(study):
+    fast = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50))
+    longer = plan_study(study, 2400, cpus=2, measure_at=paces(76, 50))
+    slower = plan_study(study, 2400, cpus=2, measure_at=paces(390, 245))
+    assert (fast.concurrent, fast.cpus_per_trial) == (2, 1)  # one full trial per slot, two slots
+    assert fast.epochs == int((1200 - 2 - RAY_START_S) // 76) == 15
+    assert longer.epochs == 31 > fast.epochs
+    assert slower.epochs == 6 < longer.epochs
+    assert 1 <= fast.grace_period < fast.epochs
+
+
+def test_one_slot_leaves_room_for_two_full_trials(study):
+    study.search.max_concurrent = 1
+    plan = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50))
+    assert plan.concurrent == 1 and plan.epochs == int((600 - 2 - RAY_START_S) // 76)
+
+
+def test_a_budget_that_holds_barely_one_trial_trains_the_prior_alone_on_every_cpu(study):
+    plan = plan_study(study, 250, cpus=2, measure_at=paces(103, 60))
+    assert (plan.concurrent, plan.cpus_per_trial, plan.epochs) == (1, 2, 4)
+    assert "fixed values alone, on every CPU" in plan.describe()
+
+
+def test_a_budget_that_holds_not_one_epoch_is_refused(study):
+    with pytest.raises(UserError, match=r"give it at least \d+ s more"):
+        plan_study(study, 30, cpus=2, measure_at=paces(103, 60))
+
+
+def test_max_epochs_caps_the_plan(study):
+    study.search.max_epochs = 5
+    assert plan_study(study, 2400, cpus=2, measure_at=paces(76, 50)).epochs == 5
+
+
+def test_the_plan_reaches_the_trials_and_a_resumed_study_keeps_it(study, tmp_path):
+    plan = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50))
+    apply(plan, study)
+    assert study.trial_base()["train"]["epochs"] == plan.epochs == study.scheduler.max_t
+    assert study.scheduler.grace_period == plan.grace_period and study.search.max_concurrent == 2
+    again = load_study(tmp_path / "p.yaml")  # --resume: the YAML again, then the params the parent run kept
+    assert apply_params({k: str(v) for k, v in plan.params().items()}, again)
+    assert again.trial_base()["train"]["epochs"] == plan.epochs and again.resources.cpus_per_trial == 1
+    assert not apply_params({"storage": "mlruns/ray"}, load_study(tmp_path / "p.yaml"))  # a study run unplanned
