@@ -87,18 +87,17 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --out with a new folder")
     table = data.read_table(cfg.data.root, cfg.data.max_persons)
+    every = (sorted(table["person"].unique()), []) if full else None  # --full: every person, no validation
     if deadline is not None:
-        every = (sorted(table["person"].unique()), []) if full else None
         epochs, pace = plan_training(cfg, deadline - time.time(), cpus, every)
         print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s) (measured): {epochs} of train.epochs "
               f"{cfg.train.epochs} end within the time budget", flush=True)
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     splits = data.fold_persons(table, cfg.data, folds) if folds is not None else None  # checks K first
     client = tracking.connect(uri)
-    if full:
-        persons = sorted(table["person"].unique())
-        result, _ = train_one(cfg, out, client, experiment, cpus, split=(persons, []), deadline=deadline)
-        return {"export": str(out), "persons": len(persons), "epochs": result["epoch"]}
+    if every is not None:
+        result, _ = train_one(cfg, out, client, experiment, cpus, split=every, deadline=deadline)
+        return {"export": str(out), "persons": len(every[0]), "epochs": result["epoch"]}
     if splits is None:
         result, _ = train_one(cfg, out, client, experiment, cpus, deadline=deadline)
         return {"export": str(out), "epoch": result["epoch"], METRIC: result[METRIC]}
