@@ -115,6 +115,8 @@ class Trial:
         result = self.evaluate()
         result.update(epoch=self.epoch, planned_epochs=self.cfg.train.epochs, train_loss=train_loss, lr=lr,
                       epoch_time_s=time.perf_counter() - start)
+        if self.dev.cuda:  # what this trial holds of the GPU (trials sharing one keep to their part)
+            result["gpu_memory_peak_mb"] = torch.cuda.max_memory_allocated(self.dev.device) / 2**20
         if self.startup:  # the first epoch of this process: where its start-up time went
             result.update(self.startup, first_step_s=first_step_s)
             self.startup = {}
