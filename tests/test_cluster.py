@@ -191,6 +191,24 @@ check_nodes(StudyConfig.model_validate({{"name": "x", "data": {{"root": "{tmp_pa
                      done.stderr), done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("how", ["environment", "uri"])
+def test_wrong_s3_credentials_are_one_line_before_anything_runs(how, s3, demo_data, tmp_path, monkeypatch, capsys):
+    from tune.cli import main
+
+    uri, _ = s3
+    if how == "environment":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    else:
+        uri += "&access_key=tune-test&secret_key=not-the-secret"
+    path = tmp_path / "team.yaml"
+    path.write_text(STUDY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--data", str(demo_data), "--storage", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: storage s3://studies/runs?") and "not-the-secret" not in err
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, mlflow_server, demo_data, tmp_path):
     storage, fs = s3
     path = tmp_path / "team.yaml"
@@ -206,19 +224,27 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
     stranger = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")} | {"HOME": str(tmp_path)}
     denied = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.address}')"],
                             env=stranger, capture_output=True, text=True, timeout=120)
-    assert denied.returncode != 0
+    assert denied.returncode != 0 and re.search(r"AuthenticationError|UNAUTHENTICATED|[Aa]uthentication token",
+                                                denied.stderr), denied.stderr[-2000:]  # refused as a stranger
 
     out = tmp_path / "out.txt"
     args = [*base, "--storage", storage, "--tracking-uri", mlflow_server.uri]
+    env = {**env, "TUNE_TRACKING_RETRY_S": "1"}  # the tracker tries a server that did not answer again after 1 s
+
+    def printed_within(text: str, seconds: float = 300) -> bool:
+        deadline = time.time() + seconds
+        while time.time() < deadline and text not in out.read_text() and proc.poll() is None:
+            time.sleep(0.2)
+        return text in out.read_text()
+
     with out.open("w") as stdout:
         proc = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, env=env, stdout=stdout, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while time.time() < deadline and out.read_text().count("epoch 2/8") < 2 and proc.poll() is None:
-            time.sleep(0.2)
+        assert printed_within("#2 epoch 2/8") and printed_within("#1 epoch 2/8"), out.read_text()[-3000:]
+        assert proc.poll() is None
         cluster.remove_worker()  # the second machine is lost mid-study: its trial goes on on the head
-        time.sleep(2)
-        mlflow_server.stop()  # the tracking server restarts: 20 s without it
-        time.sleep(20)
+        assert printed_within("lost its process"), out.read_text()[-3000:]
+        mlflow_server.stop()  # the tracking server restarts: down until the study has noticed it
+        assert printed_within("does not answer: the study goes on"), out.read_text()[-3000:]
         mlflow_server.start()
         assert proc.wait(timeout=400) == 0, out.read_text()[-3000:]
     printed = out.read_text()
@@ -266,13 +292,20 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
         deadline = time.time() + 300
         while time.time() < deadline and "#5 epoch 2/8" not in grown.read_text() and proc.poll() is None:
             time.sleep(0.2)
+        assert proc.poll() is None, grown.read_text()[-3000:]  # killed while its round runs
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert "has 4 trials: 2 more" in grown.read_text(), grown.read_text()[-3000:]
+    round_trials = {t.data.tags["ray.trial_id"] for t in client.search_runs(
+        [experiment.experiment_id], "tags.`tune.role` = 'trial'")} - {c.data.tags["ray.trial_id"] for c in children}
+    assert round_trials, "the killed round had started no trial"
     resumed = subprocess.run(tune_cmd(*args, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "study team: restoring its interrupted round (4 trials ended" in resumed.stdout, resumed.stdout
+    assert "were running) from s3://studies/runs?" in resumed.stdout
     trials = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'trial'")
+    assert round_trials <= {t.data.tags["ray.trial_id"] for t in trials}  # the killed round's own trials went on
     assert len(trials) == 6 and {t.data.tags["tune.outcome"] for t in trials} == {"finished"}
     for trial in trials:
         assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_f1")] == list(range(1, 9))

@@ -111,3 +111,17 @@ def test_split_does_not_depend_on_the_training_bounds(demo_data):
     strata = persons["gender"].to_numpy() * 3 + data.age_band(persons["age"].to_numpy(), (30, 60))
     train, val = train_test_split(persons["person"].to_numpy(), test_size=12, random_state=0, stratify=strata)
     assert default == (sorted(train), sorted(val))
+
+
+def test_one_image_per_person_draws_each_person_exactly_once_an_epoch():
+    from trainables.loader import Batches
+
+    persons = np.repeat(np.arange(13), 7)  # 13 persons of 7 photos, in the table's order
+    batches = Batches(len(persons), 4, seed=3, shuffle=True, persons=persons)
+    drawn = []
+    for epoch in range(3):
+        batches.set_epoch(epoch)
+        picks = [i for _, batch in batches for i in batch]
+        assert sorted(persons[picks]) == list(range(13))  # every person once, none twice
+        drawn.append(picks)
+    assert drawn[0] != drawn[1] and drawn[1] != drawn[2]  # a new photo and order each epoch

@@ -18,7 +18,14 @@ def test_local_weights_file_is_loaded_with_a_new_classifier(tmp_path):
     assert model.get_classifier().out_features == 18
 
 
-def test_random_init_differs_and_normalization_comes_from_timm():
+def test_random_init_follows_the_seed_and_normalization_comes_from_timm():
+    def weights(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # as Trial seeds it with train.seed
+        return list(build_model(ModelConfig(backbone="test_resnet"), num_classes=3).state_dict().values())
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # the same seed: the same model
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True) if a.is_floating_point())
     model = build_model(ModelConfig(backbone="test_resnet"), num_classes=3)
     mean, std = normalization(model)
     assert mean.shape == (3,) and torch.allclose(mean, torch.tensor(model.pretrained_cfg["mean"]))

@@ -47,6 +47,28 @@ def run(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProces
     return done
 
 
+def here(cwd: Path, *args: str) -> str:
+    """`tune ARGS` in this process, in `cwd` (the commands after a study need no Ray of their own: no interpreter
+    and no import to pay for again); returns what it printed. Exit code 0 expected."""
+    import contextlib
+    import io
+
+    import torch
+
+    from tune.cli import main
+
+    printed, threads, before = io.StringIO(), torch.get_num_threads(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main(list(args))
+    finally:
+        os.chdir(before)
+        torch.set_num_threads(threads)  # tune train sets its own
+    assert code == 0, printed.getvalue()[-3000:]
+    return printed.getvalue()
+
+
 def study_file(tmp_path: Path, **values) -> Path:
     defaults = dict(epochs=4, seed=0, samples=6, concurrent=2, scheduler="asha", lrs="[0.003, 0.03, 1.0e+12]")
     path = tmp_path / "study.yaml"
@@ -115,7 +137,7 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     listed = run(tmp_path, "ls", str(tmp_path / "mlruns" / "ray" / "it"))  # Ray's own subcommand, through ours
     assert "trial_id" in listed.stdout
 
-    run(tmp_path, "export", "it")
+    here(tmp_path, "export", "it")
     out = tmp_path / "exports" / "it"
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.yaml", "metrics.json", "classes.json"}
     reported = json.loads((out / "metrics.json").read_text())
@@ -125,14 +147,14 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
 
     assert evaluate_export(out)["val_f1"] == pytest.approx(reported["val_f1"], abs=1e-9)
     # tune train on the export's config (same data and seed, one CPU like the trial) gives that epoch back
-    run(tmp_path, "train", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--cpus", "1")
+    here(tmp_path, "train", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--cpus", "1")
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     history = client.get_metric_history(again["mlflow_run_id"], "val_f1")
     assert [m.value for m in history if m.step == reported["epoch"]] == [reported["val_f1"]]
     assert client.get_registered_model("it").latest_versions
 
     # an ensemble of the study's trials: at least as good on the validation persons as the best trial alone
-    ensembled = run(tmp_path, "export", "it", "--ensemble").stdout
+    ensembled = here(tmp_path, "export", "it", "--ensemble")
     assert "exported an ensemble of" in ensembled
     manifest = json.loads((tmp_path / "exports" / "it-ensemble" / "ensemble.json").read_text())
     assert manifest["members"] and sum(m["weight"] for m in manifest["members"]) == pytest.approx(1.0)
@@ -149,7 +171,7 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     for i, photo in enumerate(photos):
         (eval_dir / "images" / f"{i}.jpg").write_bytes(photo.read_bytes())
     (eval_dir / "info.csv").write_text("ImageID,ans\n" + "".join(f"{i}.jpg,0\n" for i in range(len(photos))))
-    run(tmp_path, "predict", "--model", str(tmp_path / "exports" / "it-ensemble"), "--data", str(eval_dir),
+    here(tmp_path, "predict", "--model", str(tmp_path / "exports" / "it-ensemble"), "--data", str(eval_dir),
         "--out", str(tmp_path / "submission.csv"))
     answers = (tmp_path / "submission.csv").read_text().splitlines()[1:]
     assert len(answers) == 10 and all(0 <= int(line.split(",")[1]) < 18 for line in answers)
@@ -169,7 +191,13 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     assert table["data"][0][2] == pytest.approx(best)  # ranked: the best trial first
     assert len(table["data"]) == sum("best_val_f1" in c.data.metrics for c in children)
     importance = artifact_json(client, parent.info.run_id, "param_importance.json", tmp_path)
-    assert importance["importances"] or importance["note"]
+    scored = [c for c in children if c.data.tags["tune.outcome"] in ("finished", "stopped_early")]
+    assert importance["trials"] == len(scored) >= 2
+    if len({c.data.params["optimizer.name"] for c in scored}) > 1:  # the one param every scored trial sampled
+        assert set(importance["importances"]) == {"optimizer.name"} and importance["note"] is None
+        assert importance["importances"]["optimizer.name"] == pytest.approx(1.0)
+    else:
+        assert importance["importances"] == {} and "takes different values" in importance["note"]
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert all(f"importance.{k}" in metrics for k in importance["importances"])
 
@@ -260,12 +288,23 @@ scheduler: {name: fifo}
     assert len(optuna.load_study(study_name="grow", storage=storage).trials) == 2
 
 
-def test_trial_whose_process_is_killed_resumes_from_its_checkpoint(demo_data, tmp_path):
+def ray_results(tmp_path: Path, study: str) -> list[dict]:
+    """Every result Ray recorded for the study's (one) trial, in order: its result.json."""
+    files = list((tmp_path / "mlruns" / "ray" / study).glob("*/result.json"))
+    if not files:
+        return []
+    assert len(files) == 1, files
+    return [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
+
+
+def test_trial_whose_process_is_killed_resumes_from_its_checkpoint(demo_data, tmp_path, capsys):
     path = tmp_path / "kill.yaml"
     path.write_text("""
 task: all
 model: {backbone: test_resnet, image_size: 64}
 train: {epochs: 5, batch_size: 16, num_workers: 0}
+optimizer: {lr: 0.001}
+space: {optimizer.lr: {choice: [0.001]}}
 search: {algorithm: random, num_samples: 1, max_concurrent: 1}
 scheduler: {name: fifo}
 """)
@@ -274,20 +313,40 @@ scheduler: {name: fifo}
         proc = subprocess.Popen(tune_cmd("run", str(path), "--data", str(demo_data)), cwd=tmp_path, env=env(),
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and "epoch 1/5" not in out.read_text():
-            time.sleep(0.2)
-        workers = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc.train"], capture_output=True, text=True)
-        assert workers.stdout.split(), "no trial process to kill"
-        for pid in workers.stdout.split():  # the trial's process dies mid-study, as if killed for memory
-            os.kill(int(pid), signal.SIGKILL)
+        while time.time() < deadline and not ray_results(tmp_path, "kill"):
+            time.sleep(0.1)
+        before = ray_results(tmp_path, "kill")
+        assert before and proc.poll() is None, "the study ended before its trial could be killed"
+        victim = before[-1]["pid"]  # the study's own trial process (Ray records it with each result)
+        os.kill(victim, signal.SIGKILL)  # it dies mid-study, as if killed for memory
         assert proc.wait(timeout=300) == 0
+    results = ray_results(tmp_path, "kill")
+    epochs = [r["epoch"] for r in results]
+    killed = [r["epoch"] for r in results if r["pid"] == victim]
+    # the retry went on from its last checkpoint in a new process: no second epoch 1, every planned epoch once
+    assert epochs == [1, 2, 3, 4, 5] and 1 <= len(killed) < 5 and results[-1]["pid"] != victim, results
+    assert [r["training_iteration"] for r in results] == [1, 2, 3, 4, 5]
     printed = out.read_text()
-    assert "lost its process" in printed and "restarted after epoch" in printed and "finished after epoch 5" in printed
-    assert "(raylet)" not in printed  # Ray's message about the dead worker went to the study's log
+    assert "lost its process" in printed and f"restarted after epoch {len(killed)}" in printed
+    assert "finished after epoch 5" in printed and "(raylet)" not in printed  # Ray's message went to the log
     client, parent, children = runs_of(tmp_path, "kill")
     (child,) = children  # one MLflow run, every epoch once
     assert child.data.tags["tune.outcome"] == "finished"
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1, 2, 3, 4, 5]
+    history = client.get_metric_history(child.info.run_id, "val_f1")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5]
+    # and the epochs after the kill are the uninterrupted run's (batches and augmentations come from (seed, epoch))
+    import torch
+
+    from tune.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", str(path), "--data", str(demo_data), "--cpus", "1", "--out", str(tmp_path / "whole"),
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'ref.db'}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    whole = [float(v) for v in re.findall(r"^epoch \d+/5: .*val_f1 ([0-9.]+)", capsys.readouterr().out, re.M)]
+    assert len(whole) == 5 and [round(r["val_f1"], 4) for r in results] == whole, (results, whole)
 
 
 def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tmp_path):
@@ -368,7 +427,7 @@ def test_time_budget_plans_a_slow_pace_into_a_finished_schedule(demo_data, tmp_p
     assert "finished" in {c.data.tags["tune.outcome"] for c in children}
     assert "cut" not in {c.data.tags["tune.outcome"] for c in children}  # every schedule ended inside the budget
     assert client.get_run(parent.info.run_id).data.params["plan.epochs"] == str(planned)
-    run(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
+    here(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     config = yaml.safe_load((tmp_path / "export" / "config.yaml").read_text())
     trial_folder = next((tmp_path / "mlruns" / "ray" / "it").glob(f"*{metrics['ray_trial_id']}*"))
@@ -442,13 +501,19 @@ def test_study_whose_driver_is_killed_resumes_with_every_trial_once(demo_data, t
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not finished_trials(tmp_path, "killed"):
-        time.sleep(0.5)
+        time.sleep(0.2)
+    assert proc.poll() is None, "the study ended before its driver could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver's machine goes down mid-study, with its local Ray
     proc.wait(timeout=60)
-    assert 1 <= len(finished_trials(tmp_path, "killed")) < 4
+    ended = finished_trials(tmp_path, "killed")
+    started = {c.data.tags["ray.trial_id"] for c in runs_of(tmp_path, "killed")[2]}
+    assert 1 <= len(ended) < 4 and len(started) > len(ended)  # killed while the round ran, with trials unended
 
-    run(tmp_path, *args, "--resume")
+    resumed = run(tmp_path, *args, "--resume")
+    restoring = "study killed: restoring its interrupted round ("
+    assert restoring in resumed.stdout and f"from {tmp_path / 'mlruns' / 'ray'}" in resumed.stdout, resumed.stdout
     client, parent, children = runs_of(tmp_path, "killed")
+    assert started <= {c.data.tags["ray.trial_id"] for c in children}  # the round's own trials went on
     assert parent.info.status == "FINISHED"
     assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4  # each trial once

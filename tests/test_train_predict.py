@@ -108,6 +108,10 @@ def test_user_mistakes_end_in_one_line(exports, faces_data, tmp_path, capsys):
     (bad / "info.csv").write_text("ImageID,ans\n,0\n")
     assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
     assert "empty ImageID" in capsys.readouterr().err
+    (bad / "info.csv").write_text("ImageID,ans\na.jpg,0\nb.jpg,0\na.jpg,0\n")
+    assert main(["predict", "--model", exports["all"], "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "line 4: ImageID 'a.jpg' appears more than once" in err
     assert main(["predict", "--model", exports["all"], "--data", str(eval_dir), "--batch-size", "0"]) == 2
     assert main(["predict", "--model", str(tmp_path), "--data", str(eval_dir)]) == 2
     assert "is not an export" in capsys.readouterr().err

@@ -29,6 +29,7 @@ GENDERS = {"male": 0, "female": 1}
 MASK_NAMES = ["wear", "incorrect", "not_wear"]
 GENDER_NAMES = ["male", "female"]
 HEADS = {"mask": 3, "gender": 2, "age": 3}  # the competition's classes per task; multi's heads, in this order
+MAX_AGE = 130  # a larger age is a typo
 AGE_CENTER, AGE_SCALE = 40.0, 20.0  # a regression age head predicts (age - AGE_CENTER) / AGE_SCALE
 
 
@@ -119,6 +120,7 @@ def scan(root: str | os.PathLike, max_persons: int | None = None) -> tuple[pd.Da
     if max_persons:
         persons = persons.iloc[:max_persons]
     rows, problems = [], []
+    lines_of: dict[tuple[str, str], int] = {}  # ("id" or "path", value) -> the line that has it first
     for line, person in enumerate(persons.itertuples(index=False), start=2):
         where = f"{csv}, line {line}"
         if person.gender not in GENDERS:
@@ -129,6 +131,17 @@ def scan(root: str | os.PathLike, max_persons: int | None = None) -> tuple[pd.Da
         except ValueError:
             problems.append(f"{where}: age must be a number, got {person.age!r}")
             continue
+        if not 0 <= age <= MAX_AGE:
+            problems.append(f"{where}: age must be between 0 and {MAX_AGE} years, got {person.age!r}")
+            continue
+        again = [(key, value) for key, value in (("id", str(person.id)), ("path", str(person.path)))
+                 if (key, value) in lines_of]
+        if again:  # one person in two rows, or two rows on one folder: the same photos in training and validation
+            key, value = again[0]
+            problems.append(f"{where}: {key} {value!r} is also on line {lines_of[key, value]}: one row per person, "
+                            "each with a folder of its own")
+            continue
+        lines_of.update({("id", str(person.id)): line, ("path", str(person.path)): line})
         images = folder / "images" / str(person.path)
         if not images.is_dir():
             problems.append(f"{where}: folder {images} is missing")
@@ -226,5 +239,5 @@ def decode_into(out: np.ndarray, files: list[str], size: int, center_crop: tuple
         out[i] = load_image(files[i], size, center_crop)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(tqdm(pool.map(one, range(len(files))), total=len(files), desc=desc, disable=not progress,
+        list(tqdm(pool.map(one, range(len(files))), total=len(files), desc=desc, disable=None if progress else True,
                   mininterval=2.0, unit="img"))

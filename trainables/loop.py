@@ -77,7 +77,7 @@ def predict(model: nn.Module, loader: DataLoader, dev: Device, loss_fn: nn.Modul
     augmentation). `batch_ends` gets the time.perf_counter() at the end of each batch."""
     model.eval()
     outputs, labels, loss_sum = [], [], 0.0
-    for images, y in tqdm(loader, desc="predicting", unit="batch", disable=not progress, mininterval=2.0):
+    for images, y in tqdm(loader, desc="predicting", unit="batch", disable=None if progress else True, mininterval=2.0):
         x = dev.batch(images)
         with dev.autocast():
             logits = model(x).float()

@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tune import study as studies
     from tune.config import load_study, parse_duration
     from tune.storage import resolve
-    from tune.tracking import tracking_uri
+    from tune.tracking import check_server, tracking_uri
 
     started = time.time()  # the time budget counts the checks and the photo cache too
     flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
@@ -179,6 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
              "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
              "storage": args.storage}
     study = load_study(args.space, overrides(args.set, flags))
+    check_server(tracking_uri(args.tracking_uri))  # a server down at the start is a mistake, not an outage
+    if args.address:
+        studies.check_address(args.address)
     store = resolve(study.storage)
     studies.check_name(study.name, args.resume, store)
     if args.address:  # a cluster: refused before anything runs when its nodes cannot reach the storage

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainables.config import TRIAL_SECTIONS, Strict, TrialConfig, UserError, set_dotted
 
@@ -58,6 +58,11 @@ class StudyConfig(TrialConfig):
     storage: str | None = Field(None, description="where the study's checkpoints and Ray's experiment state go: "
                                 "a folder every node mounts, or s3://bucket/prefix, gs://... (--storage; default: "
                                 "$TUNE_STORAGE, else mlruns/ray)")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _empty_space(cls, value):
+        return {} if value is None else value  # `space:` with nothing under it: refused by `tune run` (check_study)
 
     @model_validator(mode="after")
     def _max_t_within_epochs(self) -> StudyConfig:
@@ -106,11 +111,13 @@ def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None)
     if not path.is_file():
         raise UserError(f"study file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the broken part starts
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+    if raw is None:
+        raise UserError(f"{path}: the study file is empty (search_spaces/ has examples to start from)")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a study file is a mapping of keys, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)

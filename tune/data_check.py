@@ -21,7 +21,7 @@ def unreadable(files: list[str], workers: int) -> list[str]:
         return None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = tqdm(pool.map(one, files), total=len(files), desc="decoding", unit="img", mininterval=2.0)
+        found = tqdm(pool.map(one, files), total=len(files), desc="decoding", unit="img", mininterval=2.0, disable=None)
         return [line for line in found if line]
 
 

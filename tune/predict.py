@@ -131,6 +131,11 @@ def eval_files(eval_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if (info["ImageID"].str.strip() == "").any():
         raise UserError(f"{info_csv}, line {int((info['ImageID'].str.strip() == '').to_numpy().argmax()) + 2}: "
                         "empty ImageID")
+    repeated = info["ImageID"].duplicated()
+    if repeated.any():
+        first = int(repeated.to_numpy().argmax())
+        raise UserError(f"{info_csv}, line {first + 2}: ImageID {info['ImageID'].iloc[first]!r} appears more than "
+                        f"once ({int(repeated.sum())} repeated row(s)): a submission has one row per photo")
     files = [str(folder / "images" / name) for name in info["ImageID"]]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:

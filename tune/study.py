@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -100,6 +101,9 @@ def check_study(study: StudyConfig, where: str, cluster: bool) -> list:
     """Validate what a study needs before it starts; returns the parsed space. Raises UserError."""
     nodes = space.parse_space(study.space, study.trial_base(), where)
     check_backbones(study, nodes)
+    if not nodes:
+        raise UserError(f"{where}: space: is empty, so there is nothing to search: give it a key such as "
+                        "optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}, or train the fixed values once with tune train")
     if study.resources.gpus_per_trial > 0 and not cluster:
         import torch
 
@@ -370,6 +374,20 @@ def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
                         "with --storage /shared/path)")
 
 
+def check_address(address: str) -> None:
+    """UserError, in seconds, when nothing listens at a cluster's HOST:PORT (Ray itself retries for a minute)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT, the head node's (ray start --head: port 6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"--address {address}: nothing answers there ({e.strerror or e}): start the cluster's "
+                        f"head with ray start --head --port {port} (README: Working as a team), or fix it") from None
+
+
 def cluster_resources() -> tuple[float, float | None]:
     """The CPUs and GPUs trials can use: the cluster's, when Ray runs (None for the GPUs: this machine's)."""
     import ray
@@ -461,6 +479,8 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         states = trial_states(study.name) if resume else Counter()
         # an interrupted round (trials that started and did not end), or a study from before the Optuna store
         if resume and (states["RUNNING"] or not states):
+            print(f"study {study.name}: restoring its interrupted round ({trials_done(study.name, states)} trials "
+                  f"ended, {states['RUNNING']} were running) from {store.shown}", flush=True)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
                                  trials_done(study.name, states), None, earlier_best(study, store))
             results = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,

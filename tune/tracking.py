@@ -46,12 +46,17 @@ def tracking_uri(uri: str | None = None) -> str:
 def connect(uri: str) -> MlflowClient:
     """A client of the store, creating the project's store folder on first use; UserError for a tracking server
     that does not answer."""
+    check_server(uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(uri)
+
+
+def check_server(uri: str) -> None:
+    """UserError when `uri` is a tracking server that does not answer (a store on disk is not checked)."""
     if is_server(uri) and not answers(uri):
         raise UserError(f"the MLflow tracking server {uri} does not answer: start it (README: Working as a team) "
                         "or pass another --tracking-uri")
-    return MlflowClient(uri)
 
 
 def store_exists(uri: str) -> bool:
@@ -238,7 +243,7 @@ class StudyTracker(tune.Callback):
     as when a restarted trial repeats the epochs after its last checkpoint).
     """
 
-    RETRY_S = 10.0  # how soon after a failed call the tracker tries the server again
+    RETRY_S = float(os.environ.get("TUNE_TRACKING_RETRY_S", 10))  # how soon after a failed call it tries again
     DRAIN_S = 120.0  # how long the study's end waits for a server that does not answer
 
     def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str,
