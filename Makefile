@@ -27,7 +27,8 @@ demo: setup data/demo/train/train.csv
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not gpu"
+	@# three workers on any machine: the studies spend much of their time waiting on Ray, so they overlap well
+	$(BIN)/pytest -q -m "not gpu" -n 3 --dist loadgroup
 
 # After upgrading packages in $(VENV): record the versions the tests then pass with.
 constraints:

@@ -206,7 +206,7 @@ def artifact_json(client: MlflowClient, run_id: str, name: str, tmp_path: Path):
     return json.loads(Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text())
 
 
-def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, tmp_path):
+def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, tmp_path, monkeypatch, capsys):
     path = study_file(tmp_path, epochs=3, samples=4, concurrent=1, scheduler="fifo", seed=1,
                       lrs="[0.003, 0.03]")
     args = ["run", str(path), "--data", str(demo_data), "--name", "resumable"]
@@ -222,8 +222,10 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, 
     first = finished_trials(tmp_path, "resumable")
     assert 1 <= len(first) < 4
 
-    with pytest.raises(AssertionError, match="exists"):  # a new run of the same name is refused
-        run(tmp_path, *args)
+    from tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # a new run of the same name is refused
     run(tmp_path, *args, "--resume")
     client, parent, children = runs_of(tmp_path, "resumable")
     assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
@@ -284,8 +286,8 @@ scheduler: {name: fifo}
     import shutil
 
     shutil.rmtree(tmp_path / "mlruns" / "ray" / "grow")  # a new study of that name starts from nothing
-    assert "#1 started" in run(tmp_path, "run", str(path), "--data", str(demo_data)).stdout
-    assert len(optuna.load_study(study_name="grow", storage=storage).trials) == 2
+    assert "#1 started" in run(tmp_path, "run", str(path), "--data", str(demo_data), "--num-samples", "1").stdout
+    assert len(optuna.load_study(study_name="grow", storage=storage).trials) == 1
 
 
 def ray_results(tmp_path: Path, study: str) -> list[dict]:
@@ -349,36 +351,17 @@ scheduler: {name: fifo}
     assert len(whole) == 5 and [round(r["val_f1"], 4) for r in results] == whole, (results, whole)
 
 
-def test_time_budget_ends_the_study_with_no_trial_cut_half_trained(demo_data, tmp_path):
-    path = study_file(tmp_path, epochs=3, samples=200, lrs="[0.003, 0.03]")
-    started = time.monotonic()
-    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "70s",
-               "--set", "search.max_epochs=3")  # many short trials: the searcher's own planning is what is tested
-    took = time.monotonic() - started
-    assert took < 70 + 60, f"the study took {took:.0f} s for a budget of 70 s"
-    assert "within 1m10s" in done.stdout and "no more trials: a trial takes about" in done.stdout
-    assert "trials of 3 epochs, 2 trials at a time" in done.stdout  # the plan, capped by search.max_epochs
-    client, parent, children = runs_of(tmp_path, "it")
-    assert 2 < len(children) < 200
-    outcomes = {c.data.tags["tune.outcome"] for c in children}
-    assert outcomes <= {"finished", "stopped_early", "cut"} and "finished" in outcomes
-    best = client.get_run(parent.info.run_id).data.tags["tune.best_trial_id"]
-    assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
-    # anytime performance on the parent run: the best so far against seconds, rising, and its plot
-    history = client.get_metric_history(parent.info.run_id, "best_so_far_val_f1")
-    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 70
-    assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-
-
 def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path):
     path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
     # the plan measures the fixed values (32 px); every sampled trial is at 320 px, 100 times the work: its first
     # epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
     path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [320]}\n"))
-    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "40s"), cwd=tmp_path,
+    # 60 s: Ray must start the trials before the budget ends, also on a loaded machine (the suite runs 3 at once)
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "60s"), cwd=tmp_path,
                           env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout
+    assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout, \
+        done.stdout
     client, parent, children = runs_of(tmp_path, "it")
     assert children and {c.data.tags["tune.outcome"] for c in children} == {"cut"}
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
@@ -403,36 +386,50 @@ def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch)
     assert [m["val_f1"] for _, m in best_checkpoints("s", "val_f1", "max")] == [0.5]
 
 
-def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_data, tmp_path):
+def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_data, tmp_path, monkeypatch,
+                                                                              capsys):
     path = study_file(tmp_path, epochs=4)
-    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "2s"), cwd=tmp_path,
-                          env=env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stderr.strip().count("\n") == 0 and "--time-budget" in done.stderr
-    assert "the time budget leaves" in done.stderr and "give it at least" in done.stderr
-    assert not (tmp_path / "mlruns" / "ray" / "it").exists() and "started" not in done.stdout
+    from tune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--data", str(demo_data), "--time-budget", "2s"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.count("\n") == 1 and "--time-budget" in printed.err
+    assert "the time budget leaves" in printed.err and "give it at least" in printed.err
+    assert not (tmp_path / "mlruns" / "ray" / "it").exists() and "started" not in printed.out
 
 
-def test_time_budget_plans_a_slow_pace_into_a_finished_schedule(demo_data, tmp_path):
-    """An epoch made slow on purpose (96 px on every CPU's share): the plan gives trials far fewer epochs than
-    train.epochs, the study ends within its budget, and the export is a trial whose schedule ran to its end."""
-    path = study_file(tmp_path, epochs=50, samples=20, lrs="[0.003, 0.03]")
+def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_it(demo_data, tmp_path):
+    """An epoch made slow on purpose (96 px on each CPU's share): the plan gives trials far fewer epochs than
+    train.epochs, the searcher starts no trial that could not end, the study ends within its budget, and the
+    export is a trial whose schedule ran to its end."""
+    path = study_file(tmp_path, epochs=50, samples=200, lrs="[0.003, 0.03]")
     started = time.monotonic()
     done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "75s",
                "--set", "model.image_size=96")
     took = time.monotonic() - started
     planned = int(re.search(r"trials of (\d+) epochs", done.stdout).group(1))
-    assert 1 <= planned < 50 and took < 75 + 15, (planned, took)
+    assert 1 <= planned < 50 and took < 75 + 20, (planned, took)  # + Ray's shutdown and the process's exit
+    assert "within 1m15s" in done.stdout and "no more trials: a trial takes about" in done.stdout
     client, parent, children = runs_of(tmp_path, "it")
-    assert "finished" in {c.data.tags["tune.outcome"] for c in children}
-    assert "cut" not in {c.data.tags["tune.outcome"] for c in children}  # every schedule ended inside the budget
+    assert 2 <= len(children) < 200
+    outcomes = {c.data.tags["tune.outcome"] for c in children}
+    assert outcomes <= {"finished", "stopped_early"} and "finished" in outcomes  # none cut: every schedule ended
     assert client.get_run(parent.info.run_id).data.params["plan.epochs"] == str(planned)
+    best = client.get_run(parent.info.run_id).data.tags["tune.best_trial_id"]
+    assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
+    # anytime performance on the parent run: the best so far against seconds, rising, and its plot
+    history = client.get_metric_history(parent.info.run_id, "best_so_far_val_f1")
+    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 75
+    assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     here(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
     config = yaml.safe_load((tmp_path / "export" / "config.yaml").read_text())
     trial_folder = next((tmp_path / "mlruns" / "ray" / "it").glob(f"*{metrics['ray_trial_id']}*"))
     rows = [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines()]
-    assert rows[-1]["epoch"] == rows[-1]["planned_epochs"] == config["train"]["epochs"]  # its schedule ran out
+    assert rows[-1]["epoch"] == rows[-1]["planned_epochs"]  # its schedule ran out
+    kept = next(r for r in rows if r["epoch"] == metrics["epoch"])
+    assert config["train"]["epochs"] == kept["planned_epochs"]  # the export's config: its schedule then
 
 
 def test_a_new_study_runs_its_fixed_values_first(tmp_path, monkeypatch):

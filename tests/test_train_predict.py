@@ -12,6 +12,8 @@ from tests.conftest import tiny
 from tune.cli import main
 from tune.predict import vote
 
+pytestmark = pytest.mark.xdist_group("train_predict")  # one worker trains the exports they share
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: s
         return
     client.log_artifacts(run_id, str(out), "export")
     _, model = load_export(out)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's global URI is an environment variable too
     mlflow.set_tracking_uri(uri)
     example = np.zeros((2, 3, config.model.image_size, config.model.image_size), np.float32)
     try:  # MLflow saves the model as a torch.export graph: a model it cannot trace stays unregistered
@@ -135,4 +137,6 @@ def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: s
             mlflow.pytorch.log_model(model, name="model", registered_model_name=study, input_example=example)
     except Exception as e:  # noqa: BLE001 - the export on disk is complete either way
         print(f"note: the model was not registered in MLflow ({type(e).__name__}: {str(e).splitlines()[0]})")
+    finally:  # what this process starts later (a study, in tests) must not inherit this store
+        mlflow.set_tracking_uri(previous)
     client.set_tag(parent, "tune.exported_trial_id", trial_id)

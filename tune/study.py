@@ -364,7 +364,8 @@ def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"py_modules": [str(TRAINABLES)], "excludes": ["__pycache__"]}
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
+    # without --address a Ray of its own ("local"), never one that RAY_ADDRESS or an earlier `ray start` left
+    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
              configure_logging=False)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) > 1 and store.root == str(storage.LOCAL.resolve()):  # a folder given by --storage: a shared mount
@@ -447,13 +448,18 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes),
                                           settings(study, store) | (plan.params() if plan else {}))
-    client.update_run(parent, status="RUNNING")
     unlogged = LOG_DIR / f"{study.name}.unlogged.json"  # what the tracking server did not take last time
     if unlogged.is_file():  # logged first on --resume; dropped by a new study of the same name
         tracker = tracking.StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs,
                                         study.search.metric, study.mode, unlogged=unlogged)
         tracker.load_unlogged()
         tracker.drain()
+    states = trial_states(study.name) if resume else Counter()
+    if resume and states and not states["RUNNING"] and trials_done(study.name, states) >= study.search.num_samples:
+        print(f"study {study.name} has all its {trials_done(study.name, states)} trials: pass --num-samples N (more "
+              f"than {trials_done(study.name, states)}) to add some")  # said before Ray starts: nothing to run
+        return None
+    client.update_run(parent, status="RUNNING")
     tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
                              study.search.metric, study.mode)
     search = study.search
@@ -476,7 +482,6 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         forget_optuna_study(study.name)
     try:
         results = None
-        states = trial_states(study.name) if resume else Counter()
         # an interrupted round (trials that started and did not end), or a study from before the Optuna store
         if resume and (states["RUNNING"] or not states):
             print(f"study {study.name}: restoring its interrupted round ({trials_done(study.name, states)} trials "
