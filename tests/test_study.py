@@ -405,12 +405,13 @@ def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_i
     export is a trial whose schedule ran to its end."""
     path = study_file(tmp_path, epochs=50, samples=200, lrs="[0.003, 0.03]")
     started = time.monotonic()
-    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "75s",
+    # 100 s: on a loaded machine (the suite runs 3 tests at once) the checks and Ray's start take half a minute
+    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "100s",
                "--set", "model.image_size=96")
     took = time.monotonic() - started
     planned = int(re.search(r"trials of (\d+) epochs", done.stdout).group(1))
-    assert 1 <= planned < 50 and took < 75 + 20, (planned, took)  # + Ray's shutdown and the process's exit
-    assert "within 1m15s" in done.stdout and "no more trials: a trial takes about" in done.stdout
+    assert 1 <= planned < 50 and took < 100 + 20, (planned, took)  # + Ray's shutdown and the process's exit
+    assert "within 1m40s" in done.stdout and "no more trials: a trial takes about" in done.stdout
     client, parent, children = runs_of(tmp_path, "it")
     assert 2 <= len(children) < 200
     outcomes = {c.data.tags["tune.outcome"] for c in children}
@@ -420,7 +421,7 @@ def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_i
     assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
     # anytime performance on the parent run: the best so far against seconds, rising, and its plot
     history = client.get_metric_history(parent.info.run_id, "best_so_far_val_f1")
-    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 75
+    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 100
     assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     here(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
