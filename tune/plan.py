@@ -53,7 +53,8 @@ class Plan:
 
     def describe(self) -> str:
         at_once = "1 trial at a time" if self.concurrent == 1 else f"{self.concurrent} trials at a time"
-        return (f"plan: {self.pace.epoch_s:.0f} s an epoch on {self.cpus_per_trial:g} CPU(s) (measured), "
+        pace = f"{self.pace.epoch_s:.1f}" if self.pace.epoch_s < 10 else f"{self.pace.epoch_s:.0f}"
+        return (f"plan: {pace} s an epoch on {self.cpus_per_trial:g} CPU(s) (measured), "
                 f"{self.seconds:.0f} s left: trials of {self.epochs} epochs, {at_once}, first ASHA rung at "
                 f"epoch {self.grace_period}{self.note}")
 
