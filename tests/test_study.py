@@ -508,7 +508,7 @@ def test_study_whose_driver_is_killed_resumes_with_every_trial_once(demo_data, t
     proc.wait(timeout=60)
     ended = finished_trials(tmp_path, "killed")
     started = {c.data.tags["ray.trial_id"] for c in runs_of(tmp_path, "killed")[2]}
-    assert 1 <= len(ended) < 4 and len(started) > len(ended)  # killed while the round ran, with trials unended
+    assert 1 <= len(ended) < 4  # killed while its round ran: trials of it still to finish or to start
 
     resumed = run(tmp_path, *args, "--resume")
     restoring = "study killed: restoring its interrupted round ("
