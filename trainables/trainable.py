@@ -23,26 +23,27 @@ import trainables
 from trainables.config import resolve_trial
 from trainables.trial import Trial
 
+MARGIN = 1.1  # a trial re-plans its schedule as if its epochs were this much slower than its slowest so far
 TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itself reports last
 CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
 
 def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
-    """end_by: when the study's time budget ends (time.time()); after each epoch the trial fits its schedule to
-    it at the pace of its recent epochs (`Trial.replan`), so that its schedule still ends."""
+    """end_by: when the study's time budget ends (time.time()); a trial whose schedule would end later is
+    shortened after an epoch, by its own slowest epoch so far, so that its schedule still ends."""
     try:
         trial = start_trial(resolve_trial(base, config))
     except Exception:  # noqa: BLE001 - the trial's own failure (a config its model cannot build): not retried
         return report_failure(0)
-    last = time.time()
+    slowest, last = 0.0, time.time()
     while trial.epoch < trial.cfg.train.epochs:
         try:
             result = trial.run_epoch()
         except Exception:  # noqa: BLE001 - the trial's own failure (a NaN loss): not retried
             return report_failure(trial.epoch)
         span = time.time() - last - result.get("first_step_s", 0.0)  # the first epoch's loader start left out
-        last = time.time()
-        if end_by is not None and trial.replan(end_by, span):
+        slowest, last = max(slowest, span), time.time()
+        if end_by is not None and trial.fit_schedule(end_by, slowest * MARGIN):
             result["planned_epochs"] = trial.cfg.train.epochs
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})

@@ -28,9 +28,6 @@ from trainables.models import build_model, normalization
 from trainables.optim import lr_at, make_optimizer
 from trainables.transforms import eval_transform, train_transform
 
-RECENT = 3  # epochs whose pace a re-plan looks at (the slowest of them)
-MARGIN = 1.1  # and as if they were this much slower
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -52,8 +49,6 @@ class Trial:
         """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory;
         split: (train, validation) persons instead of the seeded split of cfg.data (no validation: [])."""
         self.cfg = cfg
-        self.planned = cfg.train.epochs  # the schedule as planned: a re-plan shortens it, and may grow it back
-        self.spans: list[float] = []  # each epoch's wall seconds, for `replan`
         started = time.perf_counter()
         seed_everything(cfg.train.seed)
         device = pick_device(cfg.train.device)
@@ -147,33 +142,15 @@ class Trial:
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
                 "first_step_s": first}
 
-    def replan(self, end_by: float, epoch_s: float, now: float | None = None) -> int | None:
-        """After an epoch that took `epoch_s` seconds (wall, the first one's loader start left out): fit the
-        schedule to end by `end_by` (time.time(), or `now`'s clock) at the pace of the recent epochs, the slowest
-        of the last RECENT times MARGIN. A slowdown that passes (another process on the machine) is forgotten
-        after RECENT epochs, and a schedule it shortened grows back while it is early (`fit_schedule`).
-        Returns the new length, or None when it is unchanged."""
-        self.spans.append(epoch_s)
-        return self.fit_schedule(end_by, self.recent_pace() * MARGIN, now)
-
-    def recent_pace(self) -> float:
-        """Seconds an epoch takes now: the slowest of the last RECENT (0 before the first)."""
-        return max(self.spans[-RECENT:], default=0.0)
-
-    def fit_schedule(self, end_by: float, epoch_s: float, now: float | None = None) -> int | None:
-        """Set the schedule (train.epochs) to the most epochs that end by `end_by` (time.time(), or `now`'s
-        clock) at `epoch_s` seconds an epoch: shorter when the schedule would end later, longer again (up to the
-        length it was planned with) while at most two thirds of it are done (later, a longer cosine would raise
-        the learning rate it has nearly spent). Returns the new length, or None when it is unchanged (or not
-        even one more epoch fits: then nothing is gained by ending the schedule early). The learning-rate
-        schedule follows the new length from the next step on, so it still ends at the trial's last epoch."""
-        fits = self.epoch + int((end_by - (time.time() if now is None else now)) / max(epoch_s, 1e-9))
-        current = self.cfg.train.epochs
-        longest = max(current, self.planned) if 3 * self.epoch <= 2 * current else current
-        epochs = min(fits, longest)
-        if self.epoch < epochs != current:
-            self.cfg.train.epochs = epochs
-            return epochs
+    def fit_schedule(self, end_by: float, epoch_s: float) -> int | None:
+        """Shorten the schedule (train.epochs) so that its last epoch ends by `end_by` (time.time()) at
+        `epoch_s` seconds an epoch; returns the new length, or None when it fits (or not even one more epoch
+        does: then nothing is gained by ending the schedule early). The learning-rate schedule follows the
+        new length from the next step on, so it still ends at the trial's last epoch."""
+        fits = self.epoch + int((end_by - time.time()) / max(epoch_s, 1e-9))
+        if self.epoch < fits < self.cfg.train.epochs:
+            self.cfg.train.epochs = fits
+            return fits
         return None
 
     def evaluate(self) -> dict:

@@ -46,10 +46,11 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
     try:
         trial = Trial(cfg, cpus=cpus, progress=True, split=split)
         out.mkdir(parents=True, exist_ok=True)
+        longest = 0.0
         while trial.epoch < cfg.train.epochs:
-            if deadline is not None and trial.epoch and time.time() + trial.recent_pace() > deadline:
-                print(f"stopped after epoch {trial.epoch}: another (about {trial.recent_pace():.0f} s) would end "
-                      "after the time budget", flush=True)
+            if deadline is not None and trial.epoch and time.time() + longest > deadline:
+                print(f"stopped after epoch {trial.epoch}: another (about {longest:.0f} s) would end after the "
+                      f"time budget", flush=True)
                 break
             started = time.time()
             result = trial.run_epoch()
@@ -62,7 +63,8 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.model, str(out / "model.safetensors"))
-            if deadline is not None and trial.replan(deadline, time.time() - started):
+            longest = max(longest, time.time() - started)
+            if deadline is not None and trial.fit_schedule(deadline, longest):
                 print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
         write_export(out, trial.cfg, kept, (trial.train_persons, trial.val_persons))  # its epochs as trained
