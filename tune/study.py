@@ -455,9 +455,10 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         tracker.load_unlogged()
         tracker.drain()
     states = trial_states(study.name) if resume else Counter()
-    if resume and states and not states["RUNNING"] and trials_done(study.name, states) >= study.search.num_samples:
-        print(f"study {study.name} has all its {trials_done(study.name, states)} trials: pass --num-samples N (more "
-              f"than {trials_done(study.name, states)}) to add some")  # said before Ray starts: nothing to run
+    ended = trials_done(study.name, states)
+    if resume and states and not states["RUNNING"] and ended >= study.search.num_samples:
+        print(f"study {study.name} has all its {ended} trials: pass --num-samples N (more than {ended}) to add "
+              "some")  # said before Ray starts: nothing to run
         return None
     client.update_run(parent, status="RUNNING")
     tracking.set_trials_view(client, client.get_run(parent).info.experiment_id, space.param_names(nodes),
