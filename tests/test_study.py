@@ -353,11 +353,12 @@ scheduler: {name: fifo}
 
 def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path):
     path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
-    # the plan measures the fixed values (32 px); every sampled trial is at 320 px, 100 times the work: its first
+    # the plan measures the fixed values (32 px); every sampled trial is at 448 px, 196 times the work: its first
     # epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
-    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [320]}\n"))
-    # 60 s: Ray must start the trials before the budget ends, also on a loaded machine (the suite runs 3 at once)
-    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "60s"), cwd=tmp_path,
+    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [448]}\n"))
+    # 90 s: Ray must start the trials before the budget ends, also on a loaded machine (the suite runs 3 at once:
+    # its checks and Ray's start once took 38 s of 60)
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "90s"), cwd=tmp_path,
                           env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout, \

@@ -104,6 +104,8 @@ def test_a_schedule_shortened_to_fit_a_deadline_still_ends_and_resumes_shortened
     assert trial.fit_schedule(time.time() + 1000, epoch_s=10.0) is None  # 6 epochs fit: unchanged
     assert trial.fit_schedule(time.time() + 25, epoch_s=10.0) == 3  # two more fit: its schedule is 3 epochs now
     assert trial.fit_schedule(time.time() + 5, epoch_s=10.0) is None  # not one more fits: nothing to gain
+    assert trial.fit_schedule(time.time() + 1000, epoch_s=10.0) == 6  # early in it, it grows back to its plan
+    assert trial.fit_schedule(time.time() + 25, epoch_s=10.0) == 3
     steps = len(trial.train_loader)
     assert trial.lr(3 * steps - 1) < 0.01 * trial.cfg.optimizer.lr  # the cosine ends at the new last epoch
     result = trial.run_epoch()
@@ -126,3 +128,25 @@ def test_measured_pace_is_what_an_epoch_takes(demo_data, tiny_config):
     assert pace["epoch_s"] == pytest.approx(pace["train_step_s"] * len(trial.train_loader)
                                             + pace["val_batch_s"] * len(trial.val_loader))
     assert took / 5 < pace["epoch_s"] < took * 5  # the same order as a real epoch, from a few steps
+
+
+def test_a_passing_slowdown_shortens_the_schedule_and_the_slack_grows_it_back(demo_data, tiny_config):
+    """A trial planned at 20 epochs of 8 s in a budget of 200 s, slowed to 16 s for its epochs 3-5 (another
+    process on the machine): it shortens its schedule to what fits at its slowest epoch, grows it back as the
+    faster epochs since leave time over (still judged at the slowest pace: never a bet on the machine staying
+    quiet), and ends within the budget."""
+    trial = make(demo_data, tiny_config, train={"epochs": 20})
+    clock, lengths = 0.0, []
+    while trial.epoch < trial.cfg.train.epochs:
+        trial.epoch += 1  # as run_epoch counts it
+        span = 16.0 if 3 <= trial.epoch <= 5 else 8.0
+        clock += span
+        trial.replan(200.0, span, margin=1.1, now=clock)
+        lengths.append(trial.cfg.train.epochs)
+        if trial.epoch < trial.cfg.train.epochs:
+            assert clock + (trial.cfg.train.epochs - trial.epoch) * trial.slowest * 1.1 <= 200.0  # slowest pace
+    shortest = min(lengths)
+    assert shortest < 20 and trial.epoch == trial.cfg.train.epochs > shortest and clock <= 200.0, (lengths, clock)
+    late = make(demo_data, tiny_config, train={"epochs": 10})
+    late.cfg.train.epochs, late.epoch = 7, 5  # shortened earlier, now past two thirds of it
+    assert late.fit_schedule(1000.0, 1.0, now=0.0) is None  # it does not grow back so late

@@ -30,20 +30,20 @@ CODE = str(Path(trainables.__file__).parent)  # where this process imported `tra
 
 def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
     """end_by: when the study's time budget ends (time.time()); a trial whose schedule would end later is
-    shortened after an epoch, by its own slowest epoch so far, so that its schedule still ends."""
+    re-planned after each epoch at its own slowest epoch so far (`Trial.replan`), so that its schedule still ends."""
     try:
         trial = start_trial(resolve_trial(base, config))
     except Exception:  # noqa: BLE001 - the trial's own failure (a config its model cannot build): not retried
         return report_failure(0)
-    slowest, last = 0.0, time.time()
+    last = time.time()
     while trial.epoch < trial.cfg.train.epochs:
         try:
             result = trial.run_epoch()
         except Exception:  # noqa: BLE001 - the trial's own failure (a NaN loss): not retried
             return report_failure(trial.epoch)
         span = time.time() - last - result.get("first_step_s", 0.0)  # the first epoch's loader start left out
-        slowest, last = max(slowest, span), time.time()
-        if end_by is not None and trial.fit_schedule(end_by, slowest * MARGIN):
+        last = time.time()
+        if end_by is not None and trial.replan(end_by, span, MARGIN):
             result["planned_epochs"] = trial.cfg.train.epochs
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})

@@ -49,6 +49,8 @@ class Trial:
         """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory;
         split: (train, validation) persons instead of the seeded split of cfg.data (no validation: [])."""
         self.cfg = cfg
+        self.planned = cfg.train.epochs  # the schedule as planned: a re-plan shortens it, and may grow it back
+        self.slowest = 0.0  # the slowest epoch so far (wall seconds), for `replan`
         started = time.perf_counter()
         seed_everything(cfg.train.seed)
         device = pick_device(cfg.train.device)
@@ -142,15 +144,28 @@ class Trial:
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
                 "first_step_s": first}
 
-    def fit_schedule(self, end_by: float, epoch_s: float) -> int | None:
-        """Shorten the schedule (train.epochs) so that its last epoch ends by `end_by` (time.time()) at
-        `epoch_s` seconds an epoch; returns the new length, or None when it fits (or not even one more epoch
-        does: then nothing is gained by ending the schedule early). The learning-rate schedule follows the
-        new length from the next step on, so it still ends at the trial's last epoch."""
-        fits = self.epoch + int((end_by - time.time()) / max(epoch_s, 1e-9))
-        if self.epoch < fits < self.cfg.train.epochs:
-            self.cfg.train.epochs = fits
-            return fits
+    def replan(self, end_by: float, epoch_s: float, margin: float = 1.0, now: float | None = None) -> int | None:
+        """After an epoch that took `epoch_s` wall seconds: fit the schedule to end by `end_by` (time.time(), or
+        `now`'s clock) as if every epoch to come were as slow as the slowest so far, times `margin`. Returns the
+        new length, or None when it is unchanged (`fit_schedule`)."""
+        self.slowest = max(self.slowest, epoch_s)
+        return self.fit_schedule(end_by, self.slowest * margin, now)
+
+    def fit_schedule(self, end_by: float, epoch_s: float, now: float | None = None) -> int | None:
+        """Set the schedule (train.epochs) to the most epochs that end by `end_by` (time.time(), or `now`'s
+        clock) at `epoch_s` seconds an epoch: shorter when the schedule would end later; longer again, up to the
+        length it was planned with, when the epochs since ran faster than that pace and at most two thirds of
+        the schedule are done (later, a longer cosine would raise a learning rate it has nearly spent). Returns
+        the new length, or None when it is unchanged (or not even one more epoch fits: then nothing is gained by
+        ending the schedule early). The learning-rate schedule follows the new length from the next step on, so
+        it still ends at the trial's last epoch."""
+        fits = self.epoch + int((end_by - (time.time() if now is None else now)) / max(epoch_s, 1e-9))
+        current = self.cfg.train.epochs
+        longest = max(current, self.planned) if 3 * self.epoch <= 2 * current else current
+        epochs = min(fits, longest)
+        if self.epoch < epochs != current:
+            self.cfg.train.epochs = epochs
+            return epochs
         return None
 
     def evaluate(self) -> dict:

@@ -115,7 +115,7 @@ class LiveView(tune.Callback):
         losses = "  ".join(f"{k} {result[k]:.4f}" for k in ("val_loss", "train_loss") if k in result)
         seconds = f"  {result['epoch_time_s']:.1f}s" if "epoch_time_s" in result else ""
         epochs = result.get("planned_epochs") or trial.config.get("train.epochs", self.epochs)  # shortened: its own
-        if epochs < self.planned.setdefault(trial.trial_id, trial.config.get("train.epochs", self.epochs)):
+        if epochs != self.planned.setdefault(trial.trial_id, trial.config.get("train.epochs", self.epochs)):
             mark += f"  (re-planned from {self.planned[trial.trial_id]} to {epochs} epochs: it ends within the budget)"
         self.planned[trial.trial_id] = epochs
         self.say(f"#{number} epoch {epoch}/{epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")

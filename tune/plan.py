@@ -14,8 +14,9 @@ what a trial's start costs. From it and the seconds left:
 
 Nothing here is a constant pace: a plan made on a slow host plans fewer epochs. What the measurement cannot
 see (trials sharing the machine slow each other; a sampled model slower than the prior) is corrected while
-the study runs: the searcher plans new trials from the slowest pace reported, and a running trial shortens its
-own schedule after an epoch when it would end after the budget (`trainables.trainable.train_trial`).
+the study runs: the searcher plans new trials from the slowest pace reported, and a running trial re-plans its
+own schedule after each epoch at its slowest epoch so far: shorter when it would end after the budget, longer
+again (up to its plan, early in it) when faster epochs since left time over (`Trial.replan`).
 """
 from __future__ import annotations
 

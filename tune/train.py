@@ -35,8 +35,8 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
               ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
     its last: keep="last", and always without validation). With a `deadline` (time.time()), the schedule is
-    shortened after an epoch when the longest epoch so far says it would end after it (the learning rate follows
-    the new length, so the schedule still ends), and no epoch starts that would end after it. Returns the kept
+    re-planned after each epoch to end by it at the slowest epoch so far (`Trial.replan`: the learning rate
+    follows the new length, so the schedule still ends), and no epoch starts that would end after it. Returns the kept
     epoch's metrics and, with validation, (the model's outputs, the truth) of the validation photos then."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
@@ -46,11 +46,10 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
     try:
         trial = Trial(cfg, cpus=cpus, progress=True, split=split)
         out.mkdir(parents=True, exist_ok=True)
-        longest = 0.0
         while trial.epoch < cfg.train.epochs:
-            if deadline is not None and trial.epoch and time.time() + longest > deadline:
-                print(f"stopped after epoch {trial.epoch}: another (about {longest:.0f} s) would end after the "
-                      f"time budget", flush=True)
+            if deadline is not None and trial.epoch and time.time() + trial.slowest > deadline:
+                print(f"stopped after epoch {trial.epoch}: another (about {trial.slowest:.0f} s) would end after "
+                      "the time budget", flush=True)
                 break
             started = time.time()
             result = trial.run_epoch()
@@ -63,8 +62,7 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.model, str(out / "model.safetensors"))
-            longest = max(longest, time.time() - started)
-            if deadline is not None and trial.fit_schedule(deadline, longest):
+            if deadline is not None and trial.replan(deadline, time.time() - started):
                 print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
         write_export(out, trial.cfg, kept, (trial.train_persons, trial.val_persons))  # its epochs as trained
