@@ -98,13 +98,14 @@ def test_trial_trains_the_same_from_the_cache_and_from_the_files(demo_data, tiny
 
 
 def test_study_fills_the_cache_for_every_size_its_space_lists(demo_data, tmp_path):
-    from tune import space, study
+    from tune import space
     from tune.config import StudyConfig
+    from tune.search import checks
 
     def pairs(space_yaml: dict) -> list:
         cfg = StudyConfig.model_validate({"name": "s", "data": str(demo_data), "model": {"image_size": 40},
                                          "augment": {"center_crop": None}, "space": space_yaml})
-        return study.decodings(cfg, space.parse_space(cfg.space, cfg.trial_base(), "s.yaml"))
+        return checks.decodings(cfg, space.parse_space(cfg.space, cfg.trial_base(), "s.yaml"))
 
     assert pairs({}) == [(40, None)]
     assert pairs({"model.image_size": {"choice": [32, 48]}, "augment.decode_margin": {"choice": [0.0, 0.25]}}) == [

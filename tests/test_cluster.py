@@ -182,7 +182,7 @@ def test_a_node_that_cannot_read_the_data_is_named(cluster, tmp_path):
     check = f"""
 import ray
 from tune.config import StudyConfig
-from tune.study import check_nodes
+from tune.search.checks import check_nodes
 ray.init(address="{cluster.address}")
 check_nodes(StudyConfig.model_validate({{"name": "x", "data": {{"root": "{tmp_path / 'missing'}"}}}}), [])
 """
@@ -310,12 +310,13 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
 
 def test_records_the_server_never_took_are_kept_for_the_next_resume(mlflow_server, tmp_path, monkeypatch):
     from tune import tracking
+    from tune.search.tracker import StudyTracker
 
     client = MlflowClient(mlflow_server.uri)
     parent = tracking.start_study_run(client, "outage", "name: outage\n", [], {})
     unlogged = tmp_path / "outage.unlogged.json"
     base = {"task": "all", "model": {"backbone": "test_resnet", "image_size": 32}}
-    tracker = tracking.StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
+    tracker = StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
     tracker.RETRY_S, tracker.DRAIN_S = 0.5, 2.0
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as tracking.quiet_retries sets them for a study
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -330,7 +331,7 @@ def test_records_the_server_never_took_are_kept_for_the_next_resume(mlflow_serve
         mlflow_server.start()
     assert json.loads(unlogged.read_text())["parent"] == parent and not tracker.runs
 
-    later = tracking.StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
+    later = StudyTracker(mlflow_server.uri, "outage", parent, base, 2, "val_f1", "max", unlogged=unlogged)
     later.load_unlogged()
     later.drain()  # the next --resume: logged in order, once
     later.load_unlogged()

@@ -4,8 +4,8 @@ import pytest
 
 from trainables.config import TrialConfig, UserError, resolve_trial
 from tune.config import load_study
+from tune.search.checks import check_backbones
 from tune.space import parse_space
-from tune.study import check_backbones
 
 SPACES = sorted((Path(__file__).resolve().parent.parent / "search_spaces").glob("*.yaml"))
 

@@ -375,8 +375,8 @@ def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so
 
 
 def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch):
-    from tune.study import best_checkpoints
-    from tune.tracking import CUT_MARKER
+    from tune.outcomes import CUT_MARKER, best_checkpoints
+
 
     monkeypatch.chdir(tmp_path)
     for trial, value in (("trial_a", 0.5), ("trial_b", 0.9)):
@@ -440,7 +440,7 @@ def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_i
 def test_a_new_study_runs_its_fixed_values_first(tmp_path, monkeypatch):
     from tune import space
     from tune.config import load_study
-    from tune.study import searcher
+    from tune.search.searcher import searcher
 
     monkeypatch.chdir(tmp_path)
     path = study_file(tmp_path, lrs="[0.003, 0.001, 0.03]")
@@ -454,7 +454,7 @@ def test_a_new_study_runs_its_fixed_values_first(tmp_path, monkeypatch):
 def test_asha_never_stops_the_prior_early():
     from ray.tune.experiment import Trial
 
-    from tune.study import PriorToTheEnd
+    from tune.search.searcher import PriorToTheEnd
 
     asha = PriorToTheEnd({"optimizer.name": "sgd", "optimizer.lr": 0.001}, time_attr="training_iteration",
                          metric="val_f1", mode="max", max_t=8, grace_period=1, reduction_factor=2)
@@ -473,7 +473,7 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     from tune import space
     from tune.config import load_study
     from tune.plan import RAY_START_S as TRIAL_START_S
-    from tune.study import searcher
+    from tune.search.searcher import searcher
 
     monkeypatch.chdir(tmp_path)
     study = load_study(study_file(tmp_path, epochs=4, scheduler="fifo"))
@@ -523,8 +523,10 @@ def test_study_whose_driver_is_killed_resumes_with_every_trial_once(demo_data, t
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_f1")] == [1, 2, 3]
     import optuna
 
-    from tune.study import ORPHAN
+    from tune.search.optuna_store import ORPHANS
 
-    trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
-    assert [t.state.name for t in trials if ORPHAN not in t.user_attrs] == ["COMPLETE"] * 4  # what ran, once each
-    assert all(t.state.name == "FAIL" for t in trials if ORPHAN in t.user_attrs)  # proposed, never ran: closed
+    optuna_study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    orphans = set(optuna_study.user_attrs.get(ORPHANS, []))
+    trials = optuna_study.trials
+    assert [t.state.name for t in trials if t.number not in orphans] == ["COMPLETE"] * 4  # what ran, once each
+    assert all(trials[n].state.name == "FAIL" for n in orphans)  # proposed, never ran: closed

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Task = Literal["mask", "gender", "age", "all", "multi"]
+TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itself reports last
 
 
 class UserError(Exception):

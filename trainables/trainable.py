@@ -20,11 +20,10 @@ import ray
 from ray import tune
 
 import trainables
-from trainables.config import resolve_trial
+from trainables.config import TRIAL_ERROR, resolve_trial
 from trainables.trial import Trial
 
 MARGIN = 1.1  # a trial re-plans its schedule as if its epochs were this much slower than its slowest so far
-TRIAL_ERROR = "trial_error"  # the key of the result a trial that failed by itself reports last
 CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
 

@@ -6,7 +6,6 @@ list-trials, list-experiments, add-note) through to Ray's command line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ RAY_COMMANDS = ("ls", "lsx", "list-trials", "list-experiments", "add-note")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in RAY_COMMANDS:
-        from ray.tune.cli.scripts import cli
+        from tune.search.ray_setup import ray_tune_cli
 
-        return cli.main(args=argv, prog_name="tune", standalone_mode=False) or 0
+        return ray_tune_cli(argv)
     args = parser().parse_args(argv)
     try:
         return args.func(args) or 0
@@ -168,11 +167,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.time()  # the time budget counts the imports (Ray's take seconds), checks and photo cache too
 
-    from tune import live
-    from tune import study as studies
     from tune.config import load_study, parse_duration
-    from tune.storage import resolve
-    from tune.tracking import check_server, tracking_uri
+    from tune.search.run import run
+    from tune.tracking import tracking_uri
 
     flags = {"data.root": args.data, "name": args.name, "search.num_samples": args.num_samples,
              "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
@@ -180,62 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
              "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
              "storage": args.storage}
     study = load_study(args.space, overrides(args.set, flags))
-    check_server(tracking_uri(args.tracking_uri))  # a server down at the start is a mistake, not an outage
-    if args.address:
-        studies.check_address(args.address)
-    store = resolve(study.storage)
-    studies.check_name(study.name, args.resume, store)
-    if args.address:  # a cluster: refused before anything runs when its nodes cannot reach the storage
-        if not args.verbose:
-            live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
-        studies.start_ray(store, args.address, args.verbose)
-    nodes = studies.check_study(study, args.space, cluster=bool(args.address))
-    if args.address:
-        studies.check_nodes(study, nodes)
-    plan = None
-    if study.search.time_budget_s and not args.resume:  # a resumed study's trials keep the plan they were given
-        from tune.plan import Measured, apply, plan_study
-
-        deadline, measured = started + study.search.time_budget_s, Measured()
-        if not args.address:  # measured on a quiet machine: Ray's start keeps its cores busy for a while
-            plan_study(study, deadline - time.time(), measure_at=measured)
-            if not args.verbose:
-                live.quiet_logs(studies.LOG_DIR / f"{study.name}.log")
-            studies.start_ray(store, args.address, args.verbose)
-        cpus, gpus = studies.cluster_resources()
-        plan = plan_study(study, deadline - time.time(), cpus, measured, gpus)  # Ray's start counted
-        apply(plan, study)
-    elif args.resume:  # the plan it was run with, if any: restored trials and a new round keep it
-        from tune.plan import apply_params
-
-        apply_params(studies.study_params(study.name, tracking_uri(args.tracking_uri)), study)
-    studies.run_study(study, nodes, tracking_uri(args.tracking_uri), store, args.resume, args.address, args.verbose,
-                      started, plan)
-    return summarize(study, store)
-
-
-def summarize(study, store) -> int:
-    """Print the study's trials and its best epoch over every round; exit code 1 when no trial has a result."""
-    from tune.study import best_checkpoints, trial_states, trials_done
-
-    states = trial_states(study.name)
-    print(f"\nstudy {study.name}: {trials_done(study.name, states)} trials, {states['FAIL']} failed")
-    try:
-        checkpoint, metrics = best_checkpoints(study.name, study.search.metric, study.mode, store)[0]
-    except UserError as e:
-        print(e)
-        return 1
-    metric = study.search.metric
-    print(f"best trial {metrics.get('ray_trial_id')}: {metric} {metrics[metric]:.4f} at epoch {metrics['epoch']}")
-    params = checkpoint.rpartition("/")[0] + "/params.json"
-    for key, value in sorted(json.loads(store.read_text(params)).items() if store.exists(params) else []):
-        print(f"  {key} = {value}")
-    print(f"export it with: tune export {study.name}")
-    return 0
+    return run(study, args.space, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose, started)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tune.study import study_storage
+    from tune.storage import study_storage
     from tune.tracking import tracking_uri
 
     store = study_storage(args.study, args.storage, tracking_uri(args.tracking_uri))

@@ -20,8 +20,8 @@ from trainables import data, outputs
 from trainables.config import TrialConfig, UserError
 from tune import storage, tracking
 from tune.export import write_export
+from tune.outcomes import best_checkpoints
 from tune.storage import Storage
-from tune.study import best_checkpoints
 
 MANIFEST = "ensemble.json"
 

@@ -28,8 +28,8 @@ from trainables.config import TrialConfig, UserError
 from trainables.models import build_model
 from trainables.trial import Trial
 from tune import tracking
+from tune.outcomes import best_checkpoint
 from tune.storage import Storage
-from tune.study import best_checkpoint
 
 
 def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: str = "max",

@@ -83,3 +83,15 @@ def resolve(uri: str | None = None) -> Storage:
     except OSError as e:
         raise UserError(f"storage {storage.shown}: {str(e).splitlines()[0]}") from None
     return storage
+
+
+def study_storage(name: str, given: str | None = None, uri: str | None = None) -> Storage:
+    """Where the study `name` keeps its Ray folder: `given` (--storage), else what the study was run with (its
+    parent run's `storage` param in the MLflow store `uri`), else $TUNE_STORAGE, else mlruns/ray."""
+    if given is None and uri is not None:
+        from tune.tracking import study_params
+
+        given = study_params(name, uri).get("storage")
+        if given and ("://" not in given and not Path(given).is_dir() or "=***" in given):
+            given = None  # another machine's folder, or a URI whose credentials were not recorded
+    return resolve(given if given not in (None, "None") else None)

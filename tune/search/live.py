@@ -1,52 +1,21 @@
 """What `tune run` shows a person: one line per trial event, a progress bar over the study's budget, the best so far.
 
 Ray's own output (its status tables, checkpoint lines, log records) goes to the study's log file instead
-(`quiet_logs`), unless `--verbose`. On a terminal a tqdm bar stays under the event lines; when stdout is not
-a terminal (CI, `| tee`) there is no bar, and a progress line follows each trial's end instead.
+(`tune.search.ray_setup.quiet_logs`), unless `--verbose`. On a terminal a tqdm bar stays under the event lines;
+when stdout is not a terminal (CI, `| tee`) there is no bar, and a progress line follows each trial's end instead.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
-from pathlib import Path
 
-import ray._private.worker as ray_worker
 from ray import tune
 from tqdm import tqdm
 
-from tune.tracking import error_text, outcome
+from tune import outcomes
 
-LOGGERS = ("ray", "optuna", "mlflow", "alembic", "py.warnings")
 _current: LiveView | None = None
-_handler: logging.FileHandler | None = None
-
-
-def quiet_logs(log_file: Path) -> None:
-    """Send the log records of Ray, Optuna and MLflow (and Python warnings) to `log_file` instead of the terminal.
-
-    Call it again after `ray.init`, which takes the handlers off Ray's logger. Records of loggers left without
-    a handler go to the file too (Python's last resort), and Ray Tune's status tables are off.
-    """
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints its tables even when told to be silent
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    global _handler
-    if _handler is None or _handler.baseFilename != str(log_file.resolve()):
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        _handler = logging.FileHandler(log_file)
-        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler = _handler
-    logging.lastResort = handler
-    logging.captureWarnings(True)
-    # Ray prints the raylet's messages (a worker died, ...) to stdout with no switch to turn it off: to the log
-    ray_worker.print_to_stdstream = lambda data, ignore_prefix: logging.getLogger("ray").warning(
-        "(%s) %s", data.get("pid"), "\n".join(data.get("lines", [])))
-    for name in LOGGERS:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
 
 
 def say(line: str) -> None:
@@ -121,23 +90,24 @@ class LiveView(tune.Callback):
         self.say(f"#{number} epoch {epoch}/{epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if outcome(trial, self.epochs) == "failed":  # it failed by itself: reported its error and ended
+        if outcomes.of_trial(trial, self.epochs) == outcomes.FAILED:  # it failed by itself: reported its error
             return self.on_trial_error(iteration, trials, trial, **info)
         self.ended.add(trial.trial_id)
         number, best = self._number(trial), self.trial_best.get(trial.trial_id)
-        ended = {"finished": "finished", "stopped_early": "stopped early",
-                 "cut": "cut by the time budget (not exported)"}[outcome(trial, self.epochs, self.deadline)]
+        ended = {outcomes.FINISHED: "finished", outcomes.STOPPED_EARLY: "stopped early",
+                 outcomes.CUT: "cut by the time budget (not exported)"}[
+            outcomes.of_trial(trial, self.epochs, self.deadline)]
         score = f": best {self.metric} {best[0]:.4f} at epoch {best[1]}" if best else ""
         self._trial_ended(f"#{number} {ended} after epoch {(trial.last_result or {}).get('epoch', 0)}{score}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended.add(trial.trial_id)
         self._trial_ended(f"#{self._number(trial)} failed after epoch {(trial.last_result or {}).get('epoch', 0)}: "
-                          f"{first_line(error_text(trial))}")
+                          f"{first_line(outcomes.error_text(trial))}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         epoch = (trial.last_result or {}).get("epoch", 0)
-        reason = first_line(error_text(trial)).split(". ")[0][:120]
+        reason = first_line(outcomes.error_text(trial)).split(". ")[0][:120]
         self.say(f"#{self._number(trial)} lost its process ({reason}): retrying after epoch {epoch}, "
                  "from its checkpoint")
 

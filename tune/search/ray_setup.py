@@ -1,0 +1,78 @@
+"""Ray on this machine or a cluster: its start, what it gives the trials, and where its output goes.
+
+Every node gets this project's `trainables` from Ray (runtime_env py_modules): no path on the nodes is assumed.
+Without `--verbose` the log records of Ray, Optuna and MLflow go to the study's log file (`quiet_logs`), and
+the person sees the live view alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from trainables.config import UserError
+from tune import storage
+from tune.storage import Storage
+
+LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLflow), one file per study
+LOGGERS = ("ray", "optuna", "mlflow", "alembic", "py.warnings")
+TRAINABLES = Path(__file__).resolve().parents[2] / "trainables"  # the code Ray ships to every node
+_handler: logging.FileHandler | None = None
+
+
+def quiet_logs(log_file: Path) -> None:
+    """Send the log records of Ray, Optuna and MLflow (and Python warnings) to `log_file` instead of the terminal.
+
+    Call it again after `ray.init`, which takes the handlers off Ray's logger. Records of loggers left without
+    a handler go to the file too (Python's last resort), and Ray Tune's status tables are off.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the new engine prints its tables even when told to be silent
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    global _handler
+    if _handler is None or _handler.baseFilename != str(log_file.resolve()):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        _handler = logging.FileHandler(log_file)
+        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = _handler
+    logging.lastResort = handler
+    logging.captureWarnings(True)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+
+
+def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
+    """Start a local Ray, or join the cluster at `address`; every node gets this project's `trainables` from Ray
+    (runtime_env py_modules: no path on the nodes is assumed). A cluster of several nodes needs storage they all
+    reach: local storage is refused before anything runs."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"py_modules": [str(TRAINABLES)], "excludes": ["__pycache__"]}
+    # without --address a Ray of its own ("local"), never one that RAY_ADDRESS or an earlier `ray start` left
+    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
+             configure_logging=False)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1 and store.root == str(storage.LOCAL.resolve()):  # a folder given by --storage: a shared mount
+        ray.shutdown()
+        raise UserError(f"the Ray cluster at {address} has {len(nodes)} nodes and the study's storage is this "
+                        f"machine's {store.root}: pass --storage s3://BUCKET/PREFIX (or a folder every node mounts, "
+                        "with --storage /shared/path)")
+
+
+def cluster_resources() -> tuple[float, float | None]:
+    """The CPUs and GPUs trials can use: the cluster's, when Ray runs (None for the GPUs: this machine's)."""
+    if not ray.is_initialized():
+        return float(os.cpu_count() or 1), None
+    resources = ray.cluster_resources()
+    return resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+
+
+def ray_tune_cli(argv: list[str]) -> int:
+    """Ray's own `tune` subcommands (ls, lsx, list-trials, ...), which our `tune` script passes through."""
+    from ray.tune.cli.scripts import cli
+
+    return cli.main(args=argv, prog_name="tune", standalone_mode=False) or 0
