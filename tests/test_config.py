@@ -28,6 +28,49 @@ def test_shipped_studies_cover_every_task():
     assert {p.stem for p in SPACES} >= {"mask", "gender", "age", "all", "multi", "demo"}
 
 
+def test_a_study_file_extends_another(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "cpu.yaml").write_text(
+        "name: cpu\ntask: all\nmodel: {backbone: resnet18, image_size: 64}\naugment: {center_crop: [320, 256]}\n"
+        "train: {epochs: 8}\nspace:\n  optimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}\n"
+        "  loss.label_smoothing: {uniform: [0.0, 0.1]}\n")
+    (tmp_path / "mine.yaml").write_text(
+        "extends: base/cpu.yaml\ntask: age\nmodel: {image_size: 96}\naugment: {center_crop: null}\n"
+        "space:\n  loss.label_smoothing: null\n  model.age_head: {choice: [classify, regress]}\n")
+    study = load_study(tmp_path / "mine.yaml")
+    assert study.name == "mine" and study.task == "age"  # its own name, never the base's
+    assert (study.model.backbone, study.model.image_size) == ("resnet18", 96)  # merged key by key
+    assert study.augment.center_crop is None and study.train.epochs == 8  # null is a value too: no crop
+    assert study.space == {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-2]},
+                           "model.age_head": {"choice": ["classify", "regress"]}}
+
+
+def test_extends_that_cannot_be_followed_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntask: age\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(UserError, match=r"b.yaml: extends: a.yaml extends this file again \(a circle\)"):
+        load_study(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(UserError, match=r"c.yaml: extends: .*missing.yaml is not a file"):
+        load_study(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(UserError, match="d.yaml: extends: takes the path of another study file"):
+        load_study(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("name, base", [("cpu-age", "cpu"), ("multi", "all"), ("age", "all"), ("gender", "all")])
+def test_shipped_studies_for_one_task_are_their_base_plus_what_the_task_needs(name, base):
+    """They cannot drift from their base: every fixed value they do not set is the base's."""
+    folder = SPACES[0].parent
+    study, parent = load_study(folder / f"{name}.yaml"), load_study(folder / f"{base}.yaml")
+    assert "extends:" in (folder / f"{name}.yaml").read_text()
+    if name == "cpu-age":
+        assert study.model == parent.model and study.augment == parent.augment and study.train == parent.train
+        assert study.space == {**parent.space, "model.age_head": {"choice": ["classify", "regress"]},
+                               "data.age_bounds": {"choice": [[30, 60], [30, 58]]}}
+    assert study.resources == parent.resources and study.task == name.removeprefix("cpu-")
+
+
 def test_unknown_key_names_key_file_and_nearest(tmp_path):
     path = write(tmp_path, "task: age\noptimizer:\n  lrr: 0.1\n")
     with pytest.raises(UserError, match=r"study.yaml: unknown key optimizer.lrr; did you mean optimizer.lr\?"):

@@ -106,23 +106,11 @@ def parse_duration(text: str) -> float:
 
 
 def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Read, override (dotted keys) and validate a study file. Relative data paths become absolute."""
+    """Read (with the files it `extends:`), override (dotted keys) and validate a study file. Relative data paths
+    become absolute."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"study file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the broken part starts
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
-    if raw is None:
-        raise UserError(f"{path}: the study file is empty (search_spaces/ has examples to start from)")
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a study file is a mapping of keys, got {type(raw).__name__}")
+    raw = read_study_file(path)
     raw.setdefault("name", path.stem)
-    if isinstance(raw.get("data"), str):
-        raw["data"] = {"root": raw["data"]}
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     try:
@@ -134,6 +122,50 @@ def load_study(path: str | os.PathLike, overrides: dict[str, Any] | None = None)
     if study.model.pretrained_file:
         study.model.pretrained_file = str(Path(study.model.pretrained_file).expanduser().resolve())
     return study
+
+
+def read_study_file(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """A study file's keys, on top of the file it names in `extends:` (relative to its own folder), if any:
+    mappings merge key by key and the extending file's values win (`null` too, except that a key of `space:`
+    set to null is no longer searched). `name` is each file's own."""
+    if not path.is_file():
+        raise UserError(f"study file not found: {path}" if not extended_by else
+                        f"{extended_by[-1]}: extends: {path} is not a file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the broken part starts
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+    if raw is None:
+        raise UserError(f"{path}: the study file is empty (search_spaces/ has examples to start from)")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a study file is a mapping of keys, got {type(raw).__name__}")
+    if isinstance(raw.get("data"), str):
+        raw["data"] = {"root": raw["data"]}
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"{path}: extends: takes the path of another study file, got {base!r}")
+    chain = (*extended_by, path.resolve())
+    if (path.parent / base).resolve() in chain:
+        raise UserError(f"{path}: extends: {base} extends this file again (a circle)")
+    inherited = read_study_file(path.parent / base, chain)
+    inherited.pop("name", None)
+    out = merged(inherited, raw)
+    if isinstance(out.get("space"), dict):
+        out["space"] = {key: value for key, value in out["space"].items() if value is not None}
+    return out
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: mappings merge key by key, other values replace."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 def explain(error: ValidationError, raw: dict) -> str:
