@@ -30,10 +30,12 @@ def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
 
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "tune", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     try:
-        url = next(line.split(": ", 1)[1].strip() for line in ui.stdout if line.startswith("MLflow UI: "))
+        first = ui.stdout.readline()  # the server's own lines go to its log: the person sees this one first
+        assert first.startswith("MLflow UI: "), first
+        url = first.split(": ", 1)[1].strip()
         newer = MlflowClient(uri).get_experiment_by_name("newer")
         assert url == (f"http://127.0.0.1:{port}/#/experiments/{newer.experiment_id}/runs"
                        f"?workflowType=machine_learning&viewStateShareKey={VIEW}")
@@ -42,7 +44,10 @@ def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
         assert f"port {port} is taken" in capsys.readouterr().err
     finally:
         ui.terminate()
-        ui.wait(timeout=30)
+        _, errors = ui.communicate(timeout=30)
+    assert errors == "", errors  # nor MLflow's, Uvicorn's and Starlette's warnings
+    assert "Uvicorn" in (tmp_path / "mlruns" / "logs" / "ui.log").read_text() or "uvicorn" in (
+        tmp_path / "mlruns" / "logs" / "ui.log").read_text()
     with socket.socket() as s:  # stopping tune ui stopped the server and its workers too
         assert s.connect_ex(("127.0.0.1", port)) != 0
     view = json.loads(newer.tags[f"mlflow.sharedViewState.{VIEW}"])

@@ -2,7 +2,8 @@
 
 MLflow 3 always opens on its GenAI home, so the address to open is that of the study's runs table in the view
 `tracking.set_trials_view` saved (only the trials, best first, with their scores and sampled parameters).
-The server runs in a process group of its own, stopped with all its workers when `tune ui` stops.
+The server runs in a process group of its own, stopped with all its workers when `tune ui` stops; what it prints
+(MLflow's and Uvicorn's lines, deprecation warnings) goes to `mlruns/logs/ui.log`, and the person sees one line.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import time
 import webbrowser
 
 from trainables.config import UserError
-from tune.tracking import artifact_root, connect, is_server, study_experiment, trials_url
+from tune.tracking import STORE, artifact_root, connect, is_server, study_experiment, trials_url
+
+LOG = STORE / "logs" / "ui.log"
 
 
 def serve(uri: str, port: int, study: str | None) -> int:
@@ -32,16 +35,20 @@ def serve(uri: str, port: int, study: str | None) -> int:
     url = trials_url(base, experiment) if experiment else base
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
                artifact_root(), "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, start_new_session=True)
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    log = LOG.open("w")
+    server = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     for stop in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill still stops the server
         signal.signal(stop, lambda *_: sys.exit(0))
     try:
         while not _answers(port):
             if server.poll() is not None:
-                raise UserError(f"the MLflow UI did not start (exit code {server.returncode})")
+                last = [line for line in LOG.read_text().splitlines() if line.strip()][-1:] or [""]
+                raise UserError(f"the MLflow UI did not start (exit code {server.returncode}): {last[0].strip()} "
+                                f"(all of it in {LOG})")
             time.sleep(0.5)
-        print(f"\nMLflow UI: {url}" + ("\n(no study in the store yet)" if not experiment else "") + "\nCtrl-C stops it",
-              flush=True)
+        print(f"MLflow UI: {url}" + ("\n(no study in the store yet)" if not experiment else "")
+              + f"\nCtrl-C stops it (the server's log: {LOG})", flush=True)
         open_on_desktop(url)
         return server.wait()
     except KeyboardInterrupt:
@@ -52,6 +59,7 @@ def serve(uri: str, port: int, study: str | None) -> int:
         except ProcessLookupError:  # the group is gone already
             pass
         server.wait()
+        log.close()
 
 
 def open_on_desktop(url: str) -> None:

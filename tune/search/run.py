@@ -174,7 +174,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
                 print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
             client.update_run(parent, status="RUNNING")
             tracker = StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, search.metric,
-                                   study.mode, deadline, unlogged, say=live.say)
+                                   study.mode, deadline, unlogged, say=live.say, first=done + 1)
             view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
                                  deadline, earlier_best(study, store))
             tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store, plan)

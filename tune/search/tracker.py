@@ -56,9 +56,12 @@ class StudyTracker(tune.Callback):
     DRAIN_S = 120.0  # how long the study's end waits for a server that does not answer
 
     def __init__(self, uri: str, study: str, parent_run_id: str, base: dict, epochs: int, metric: str, mode: str,
-                 deadline: float | None = None, unlogged: Path | None = None, say: Callable[[str], None] = print):
-        """say: how to tell the person that the tracking server does not answer, and answers again."""
-        self.uri, self.study, self.parent, self.say = uri, study, parent_run_id, say
+                 deadline: float | None = None, unlogged: Path | None = None, say: Callable[[str], None] = print,
+                 first: int = 1):
+        """say: how to tell the person that the tracking server does not answer, and answers again; first: the
+        number of this round's first trial in the study (as the live view numbers them: #1, #2, ...)."""
+        self.uri, self.study, self.parent, self.say, self.first = uri, study, parent_run_id, say, first
+        self.numbers: dict[str, int] = {}  # Ray trial id -> its number in the study, for its run's name
         self.base, self.epochs, self.metric, self.mode, self.deadline = base, epochs, metric, mode, deadline
         self.runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self.best: dict[str, dict] = {}  # Ray trial id -> its best result so far
@@ -78,7 +81,7 @@ class StudyTracker(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:  # a tracker pickled before the queue existed restores too
         defaults = {"logged": {}, "nodes": {}, "pending": [], "retry_at": 0.0, "outage": False, "unlogged": None,
-                    "synced": set(), "say": print}
+                    "synced": set(), "say": print, "first": 1, "numbers": {}}
         self.__dict__.update({**defaults, **state})
 
     def load_unlogged(self) -> None:
@@ -91,12 +94,14 @@ class StudyTracker(tune.Callback):
 
     def get_state(self) -> dict:  # saved with each experiment checkpoint, given back when a study is restored
         return {"runs": dict(self.runs), "best": dict(self.best), "anytime": list(self.anytime),
-                "ended": dict(self.ended), "nodes": dict(self.nodes), "pending": list(self.pending)}
+                "ended": dict(self.ended), "nodes": dict(self.nodes), "pending": list(self.pending),
+                "numbers": dict(self.numbers)}
 
     def set_state(self, state: dict) -> None:
         self.runs, self.best = state["runs"], state["best"]
         self.anytime, self.ended = state.get("anytime", []), state.get("ended", {})
         self.nodes, self.pending = state.get("nodes", {}), state.get("pending", [])
+        self.numbers = state.get("numbers", {})
         self.logged, self.synced = {}, set()  # read from the runs: they may hold more epochs than this state
 
     @property
@@ -108,6 +113,7 @@ class StudyTracker(tune.Callback):
     # Ray's events: each becomes a record, logged now or, while the server does not answer, later.
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.numbers.setdefault(trial.trial_id, self.first + len(self.numbers))
         self._record("start", trial.trial_id, config=trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -215,7 +221,8 @@ class StudyTracker(tune.Callback):
             else:
                 experiment = self.client.get_run(self.parent).info.experiment_id
                 tags = {"mlflow.parentRunId": self.parent, "ray.trial_id": trial_id, "tune.role": "trial"}
-                run_id = self.client.create_run(experiment, run_name=f"{self.study}_{trial_id}", tags=tags).info.run_id
+                run_id = self.client.create_run(experiment, run_name=self.run_name(trial_id, config),
+                                                tags=tags).info.run_id
                 self.synced.add(trial_id)  # new: it holds no epoch
             self.runs[trial_id] = run_id
         if trial_id not in self.synced:  # the epochs its run holds: a state restored after a crash can be behind
@@ -223,6 +230,14 @@ class StudyTracker(tune.Callback):
             self.logged[trial_id] = max((m.step for m in history), default=0)
             self.synced.add(trial_id)
         return self.runs[trial_id]
+
+    def run_name(self, trial_id: str, config: dict) -> str:
+        """What the runs table shows of a trial: its number in the live view and what it tries, e.g.
+        `#4 name=sgd lr=0.0312 label_smoothing=0.08` (its Ray trial id when it has no number)."""
+        number = self.numbers.get(trial_id)
+        values = " ".join(f"{key.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}"
+                          for key, v in sorted(config.items()))
+        return f"#{number} {values}".strip() if number else f"{self.study}_{trial_id}"
 
     def _log_start(self, trial_id: str, config: dict) -> None:
         run_id = self._run_of(trial_id, config)
@@ -261,7 +276,9 @@ class StudyTracker(tune.Callback):
         resolved = resolve_trial(self.base, config)
         names = class_names(resolved.task, resolved.data.score_age_bounds)
         confusion = json.loads(best.pop("confusion"))
-        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), at, 0) for k, v in best.items()])
+        # four decimals, as the live view and the summary show them (the runs table would show eight)
+        self.client.log_batch(run_id, metrics=[Metric(f"best_{k}", round(float(v), 4), at, 0)
+                                               for k, v in best.items()])
         log_table(self.client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")
         self.client.log_figure(run_id, confusion_figure(confusion, names, f"epoch {best['epoch']}"),
                                "confusion_matrix.png")
