@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm import tqdm
 
 from trainables.config import DataConfig, UserError
@@ -173,6 +172,8 @@ def split_persons(table: pd.DataFrame, cfg: DataConfig) -> tuple[list[str], list
         strata = persons["gender"].to_numpy()  # too few persons for every stratum: gender alone
         if np.bincount(strata).min() < 2 or min(n_val, n_train) < 2:
             strata = None
+    from sklearn.model_selection import train_test_split
+
     train, val = train_test_split(persons["person"].to_numpy(), test_size=n_val, random_state=cfg.split_seed,
                                   stratify=strata)
     return sorted(train), sorted(val)
@@ -190,6 +191,8 @@ def fold_persons(table: pd.DataFrame, cfg: DataConfig, folds: int) -> list[tuple
         if np.bincount(strata).min() < folds:
             strata = np.zeros(len(persons), int)
     ids = persons["person"].to_numpy()
+    from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(folds, shuffle=True, random_state=cfg.split_seed)
     return [(sorted(ids[a]), sorted(ids[b])) for a, b in splitter.split(ids, strata)]
 

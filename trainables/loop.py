@@ -11,8 +11,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from trainables.config import UserError
 from trainables.optim import SAM
 from trainables.transforms import normalize
+
+
+def pick_device(name: str) -> str:
+    """"auto": the GPU where there is one, else the CPU; UserError for "cuda" without one."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda asked for, but no CUDA GPU is visible")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
 
 
 class Device:

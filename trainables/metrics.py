@@ -8,7 +8,6 @@ reports the same per-task scores.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
 
 from trainables.config import TrialConfig
 from trainables.data import HEADS, compose18, decompose18
@@ -16,6 +15,8 @@ from trainables.outputs import predicted_ages, predicted_classes, task_probabili
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import f1_score  # imported when scoring: it takes a second
+
     return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
@@ -37,6 +38,8 @@ def score(cfg: TrialConfig, outputs: np.ndarray, truth: np.ndarray, ages: np.nda
             out[f"val_f1_{name}"] = macro_f1(t, p, HEADS[name])
     if cfg.model.age_head == "regress" and ages is not None:
         out["val_age_mae"] = float(np.abs(predicted_ages(cfg, outputs) - ages).mean())
+    from sklearn.metrics import confusion_matrix  # imported when scoring: it takes a second
+
     out["confusion"] = confusion_matrix(true, pred, labels=list(range(n))).tolist()
     return out
 

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from trainables import cache, data, metrics
-from trainables.config import TrialConfig, UserError
+from trainables.config import TrialConfig
 from trainables.loader import CachedPhotos, DecodedPhotos, Photos, eval_loader, train_loader
-from trainables.loop import Device, predict, train_epoch
+from trainables.loop import Device, pick_device, predict, train_epoch
 from trainables.losses import TaskLoss
 from trainables.models import build_model, normalization
 from trainables.optim import lr_at, make_optimizer
@@ -33,12 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> str:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda asked for, but no CUDA GPU is visible")
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
 
 
 class Trial:

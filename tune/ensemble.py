@@ -14,11 +14,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from trainables import data, outputs
 from trainables.config import TrialConfig, UserError
-from tune import storage, tracking
+from tune import storage
 from tune.export import write_export
 from tune.outcomes import best_checkpoints
 from tune.storage import Storage
@@ -88,6 +87,8 @@ def score(probabilities: dict[str, np.ndarray], truth18: np.ndarray, task: str) 
         pred, true = outputs.predicted_classes("all", probabilities), truth18
     else:
         pred, true = probabilities[task].argmax(axis=1), data.decompose18(truth18)[list(data.HEADS).index(task)]
+    from sklearn.metrics import f1_score  # imported when scoring: it takes a second
+
     return float(f1_score(true, pred, average="macro", zero_division=0))
 
 
@@ -121,6 +122,8 @@ def members(folder: str | Path) -> list[tuple[Path, float]] | None:
 
 def log_ensemble(study: str, out: Path, manifest: dict, uri: str) -> None:
     """The ensemble on the study's parent run: its manifest and export as artifacts, its F1 as a metric."""
+    from tune import tracking
+
     client = tracking.connect(uri)
     parent = tracking.find_study_run(client, study)
     if parent is None:

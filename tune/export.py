@@ -17,7 +17,6 @@ import os
 import shutil
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 import yaml
@@ -25,9 +24,6 @@ from safetensors.torch import load_model
 
 from trainables import data
 from trainables.config import TrialConfig, UserError
-from trainables.models import build_model
-from trainables.trial import Trial
-from tune import tracking
 from tune.outcomes import best_checkpoint
 from tune.storage import Storage
 
@@ -75,6 +71,8 @@ def fetch_export(ref: str, uri: str) -> str:
         return ref
     folder = DOWNLOADS.resolve() / hashlib.sha1(f"{uri} {ref}".encode()).hexdigest()[:16]
     if not (folder / ".complete").is_file():
+        import mlflow
+
         folder.mkdir(parents=True, exist_ok=True)
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(folder), tracking_uri=uri)
@@ -103,6 +101,8 @@ def export_config(folder: str | Path, data_root: str | None = None) -> TrialConf
 
 def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
     """The config and the model of an export (on the CPU, in eval mode)."""
+    from trainables.models import build_model  # timm: imported when a model is built
+
     config = export_config(folder)
     model = build_model(config.model, data.num_outputs(config.task, config.model.age_head))
     load_model(model, str(Path(folder) / "model.safetensors"))
@@ -111,6 +111,8 @@ def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
 
 def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
     """Score an export on the validation persons of its own split: the metrics its study reported."""
+    from trainables.trial import Trial
+
     trial = Trial(export_config(folder, data_root))
     load_model(trial.model, str(Path(folder) / "model.safetensors"))
     return trial.evaluate()
@@ -118,6 +120,10 @@ def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
 
 def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: str) -> None:
     """Attach the export to the best trial's MLflow run and register the model under the study's name."""
+    import mlflow
+
+    from tune import tracking
+
     client = tracking.connect(uri)
     parent = tracking.find_study_run(client, study)
     run_id = parent

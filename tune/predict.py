@@ -22,11 +22,9 @@ import torch
 from trainables import cache, data, outputs
 from trainables.config import DataConfig, TrialConfig, UserError
 from trainables.loader import CachedPhotos, DecodedPhotos, eval_loader
-from trainables.loop import Device, predict
+from trainables.loop import Device, pick_device, predict
 from trainables.metrics import per_class_report
-from trainables.models import normalization
 from trainables.transforms import eval_transform
-from trainables.trial import pick_device
 from tune.ensemble import members as ensemble_members
 from tune.export import export_split, load_export
 from tune.score import format_score, scores
@@ -74,6 +72,8 @@ def probabilities(model: Model, files: list[str], source: str, device: str, batc
         photos = CachedPhotos(images, index, no_labels, eval_transform(cfg.augment, size))
     else:
         photos = DecodedPhotos(files, decoded, crop, no_labels, eval_transform(cfg.augment, size))
+    from trainables.models import normalization  # timm: imported when a model is there to run
+
     dev = Device(device, *normalization(model.net), channels_last=cfg.model.channels_last)
     net = model.net.to(dev.device)
     if dev.channels_last:

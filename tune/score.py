@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from trainables.config import UserError
 from trainables.data import decompose18
@@ -77,6 +76,8 @@ def scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
+    from sklearn.metrics import f1_score  # imported when scoring: it takes a second
+
     return float(f1_score(true, pred, average="macro", zero_division=0))
 
 
