@@ -44,11 +44,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from pydantic import ValidationError
 
 from trainables.config import UserError
-from tune import space, tracking
+from tune import outcomes, space, tracking
 from tune.config import StudyConfig
 
 MISSING = object()  # a param the trial did not sample (None is a valid choice)
-SCORED = ("finished", "stopped_early")  # the outcomes whose best value counts for importance
+SCORED = (outcomes.FINISHED, outcomes.STOPPED_EARLY)  # the outcomes whose best value counts for importance
 SCORED_TEXT = "finished or early-stopped trials"
 
 
@@ -303,7 +303,7 @@ def curves_figure(rows: list[TrialRow], study: str, metric: str):
             continue
         epochs, values = zip(*r.curve, strict=True)
         is_best = r.trial_id == best_id
-        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if r.outcome == "failed" else "-",
+        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if r.outcome == outcomes.FAILED else "-",
                 linewidth=2.5 if is_best else 1.2, zorder=3 if is_best else 2,
                 label=f"{r.trial_id} ({r.outcome}){' best' if is_best else ''}")
     ax.set_xlabel("epoch")
