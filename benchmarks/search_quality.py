@@ -172,7 +172,7 @@ def anytime(folder: Path, started: float) -> list[list[float]]:
 def rank_by_epoch(folder: Path) -> dict:
     """For the trials whose schedule ran to its end: Spearman's rho of each epoch's validation F1 against the
     final one (how well a rung at that epoch ranks the trials), where at least three trials reached it."""
-    from scipy.stats import spearmanr
+    from tune.search.rungs import rank_by_epoch as rho_by_epoch
 
     curves = []
     for results in folder.glob("*/result.json"):
@@ -180,12 +180,8 @@ def rank_by_epoch(folder: Path) -> dict:
         rows = [r for r in rows if "val_f1" in r]
         if rows and rows[-1]["epoch"] >= rows[-1].get("planned_epochs", rows[-1]["epoch"]):
             curves.append({r["epoch"]: r["val_f1"] for r in rows})
-    out = {}
-    for epoch in sorted({e for c in curves for e in c}):
-        pairs = [(c[epoch], c[max(c)]) for c in curves if epoch in c]
-        if len(pairs) >= 3:
-            out[str(epoch)] = round(float(spearmanr(*zip(*pairs, strict=True)).statistic), 3)
-    return {"finished_trials": len(curves), "rho_by_epoch": out}
+    return {"finished_trials": len(curves),
+            "rho_by_epoch": {str(epoch): rho for epoch, rho in rho_by_epoch(curves).items()}}
 
 
 def _epochs(log: Path) -> int:

@@ -19,7 +19,9 @@ import time
 from collections import Counter
 
 import ray
+import requests
 import yaml
+from mlflow.exceptions import MlflowException
 from ray import tune
 
 from trainables.config import UserError
@@ -27,7 +29,7 @@ from trainables.trainable import train_trial
 from tune import outcomes, space, tracking
 from tune.config import StudyConfig
 from tune.plan import Measured, Plan, apply, apply_params, plan_study
-from tune.search import checks, live, optuna_store, private, ray_setup
+from tune.search import checks, live, optuna_store, private, ray_setup, rungs
 from tune.search.optuna_store import trial_states, trials_done
 from tune.search.ray_setup import LOG_DIR
 from tune.search.searcher import scheduler, searcher, study_prior
@@ -172,6 +174,11 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         if done < search.num_samples:
             if done:
                 print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
+                rung = rungs.measured(client, parent) if study.scheduler.name == "asha" else None
+                if rung:
+                    study.scheduler.grace_period = max(1, min(rung, study.scheduler.max_t - 1))
+                    print(f"first ASHA rung at epoch {study.scheduler.grace_period}: measured on the study's "
+                          "finished trials (its parent run's rung_rho_*)")
             client.update_run(parent, status="RUNNING")
             tracker = StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, search.metric,
                                    study.mode, deadline, unlogged, say=live.say, first=done + 1)
@@ -181,6 +188,12 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
             results = tuner.fit()
             if deadline is not None and time.time() >= deadline:
                 optuna_store.prune_unended(study.name)
+        try:
+            measured = rungs.record(client, parent, search.metric)
+        except (MlflowException, requests.RequestException):  # a tracking server down at the end: not measured
+            measured = None
+        if measured:
+            print(measured)
         return results
     finally:
         ray.shutdown()
