@@ -194,6 +194,7 @@ def log_evaluation(uri: str, folders: list[str], train_dir: str, which: str, fli
     from sklearn.metrics import confusion_matrix
 
     from tune import tracking
+    from tune.figures import confusion_figure
 
     client = tracking.connect(uri)
     name = " + ".join(Path(f).name for f in folders)
@@ -205,7 +206,7 @@ def log_evaluation(uri: str, folders: list[str], train_dir: str, which: str, fli
         client.log_metric(run_id, key, float(value))
     names = data.class_names("all")
     confusion = confusion_matrix(true, pred, labels=list(range(18))).tolist()
-    client.log_figure(run_id, tracking.confusion_figure(confusion, names, f"macro F1 {result['f1']:.4f}"),
+    client.log_figure(run_id, confusion_figure(confusion, names, f"macro F1 {result['f1']:.4f}"),
                       "confusion_matrix.png")
     plt.close("all")
     tracking.log_table(client, run_id, pd.DataFrame(per_class_report(confusion, names)), "per_class_report.json")

@@ -29,14 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import yaml
-from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
@@ -46,6 +42,7 @@ from pydantic import ValidationError
 from trainables.config import UserError
 from tune import outcomes, space, tracking
 from tune.config import StudyConfig
+from tune.figures import curves_figure, importance_figure
 
 MISSING = object()  # a param the trial did not sample (None is a valid choice)
 SCORED = (outcomes.FINISHED, outcomes.STOPPED_EARLY)  # the outcomes whose best value counts for importance
@@ -293,35 +290,3 @@ def describe_importance(info: dict, metric: str) -> list[str]:
     return lines
 
 
-def curves_figure(rows: list[TrialRow], study: str, metric: str):
-    best_id = next((r.trial_id for r in rows if r.best is not None), None)  # rows are ranked
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    if len(rows) > 10:
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
-    for r in rows:
-        if not r.curve:
-            continue
-        epochs, values = zip(*r.curve, strict=True)
-        is_best = r.trial_id == best_id
-        ax.plot(epochs, values, marker="o", markersize=3, linestyle="--" if r.outcome == outcomes.FAILED else "-",
-                linewidth=2.5 if is_best else 1.2, zorder=3 if is_best else 2,
-                label=f"{r.trial_id} ({r.outcome}){' best' if is_best else ''}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{study}: {metric} per epoch, {sum(bool(r.curve) for r in rows)} trials")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if sum(bool(r.curve) for r in rows) <= 30:
-        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return fig
-
-
-def importance_figure(importances: dict[str, float], study: str, metric: str):
-    names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.45 * len(names)))
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (sums to 1)")
-    ax.set_title(f"{study}: parameter importance for {metric}")
-    fig.tight_layout()
-    return fig

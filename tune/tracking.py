@@ -13,15 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from trainables.config import UserError
 
@@ -209,25 +204,3 @@ def read_table(client: MlflowClient, run_id: str, name: str) -> pd.DataFrame | N
     return pd.DataFrame(frame["data"], columns=frame["columns"])
 
 
-def anytime_figure(points: list[tuple[float, float]], metric: str, budget_s: float | None):
-    """The study's best `metric` so far against wall time (anytime performance), with the time budget's end."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    minutes = [t / 60 for t, _ in points]
-    end = max(minutes[-1], (budget_s or 0) / 60)
-    ax.step(minutes + [end], [v for _, v in points] + [points[-1][1]], where="post")
-    if budget_s:
-        ax.axvline(budget_s / 60, color="gray", linestyle="--", label="time budget")
-        ax.legend(loc="lower right")
-    ax.set(xlabel="minutes since the study started", ylabel=f"best {metric} so far", title="Anytime performance")
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(confusion: list[list[int]], names: list[str], title: str):
-    size = 4 + 0.35 * len(names)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(pd.DataFrame(confusion).to_numpy(), display_labels=names).plot(
-        ax=ax, colorbar=False, xticks_rotation=90, values_format="d")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig

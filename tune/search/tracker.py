@@ -26,12 +26,11 @@ from trainables.config import TRIAL_ERROR, resolve_trial
 from trainables.data import class_names
 from trainables.metrics import per_class_report
 from tune import outcomes
+from tune.figures import anytime_figure, confusion_figure
 from tune.tracking import (
     METRICS,
     STARTUP,
     answers,
-    anytime_figure,
-    confusion_figure,
     flatten,
     is_server,
     log_params,
