@@ -34,7 +34,14 @@ def parser() -> argparse.ArgumentParser:
                                 "competition: Ray Tune + Optuna + ASHA, tracked in MLflow. Ray's own "
                                 f"subcommands work too: {', '.join(RAY_COMMANDS)}.")
     sub = p.add_subparsers(dest="command", required=True)
+    study_commands(sub)
+    model_commands(sub)
+    tool_commands(sub)
+    return p
 
+
+def study_commands(sub) -> None:
+    """tune run, export, report: a study, from its search to its best trials."""
     run = sub.add_parser("run", help="run (or --resume) a study")
     run.add_argument("space", help="the study's YAML file, e.g. search_spaces/age.yaml")
     run.add_argument("--data", help="the competition's train/ folder (overrides data.root)")
@@ -77,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri")
     report.set_defaults(func=cmd_report)
 
+
+def model_commands(sub) -> None:
+    """tune train, predict, evaluate, score: one configuration, and a submission from exports."""
     train = sub.add_parser("train", help="train one configuration without a search (a study's fixed values or an "
                            "export's config.yaml); writes an export")
     train.add_argument("config", help="a study YAML (its space is not searched) or an export's config.yaml")
@@ -122,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("answers", help="the answers CSV: ImageID,ans[,mask,gender,age] (eval_answers.csv)")
     score.set_defaults(func=cmd_score)
 
+
+def tool_commands(sub) -> None:
+    """tune ui, data, cache: the MLflow UI, data sets, the photo cache."""
     ui = sub.add_parser("ui", help="the MLflow UI over the project's store, on 127.0.0.1")
     ui.add_argument("--study", help="the study whose trials it opens on (default: the newest study)")
     ui.add_argument("--port", type=int, default=5000)
@@ -145,21 +158,6 @@ def parser() -> argparse.ArgumentParser:
         command = photos_sub.add_parser(name, help=text)
         command.add_argument("--dir", help="the cache folder (default: $TUNE_CACHE_DIR, else ~/.cache/tune/images)")
         command.set_defaults(func=func)
-    return p
-
-
-def overrides(sets: list[str], flags: dict) -> dict:
-    """Dotted keys to set in a YAML: each --set KEY=VALUE, then the command's flags that were given."""
-    from tune.config import parse_value
-
-    out = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
-    out.update({k: v for k, v in flags.items() if v is not None})
-    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -167,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.time()  # the time budget counts the imports (Ray's take seconds), checks and photo cache too
 
-    from tune.config import load_study, parse_duration
+    from tune.config import cli_overrides, load_study, parse_duration
     from tune.search.run import run
     from tune.tracking import tracking_uri
 
@@ -176,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              "search.max_concurrent": args.max_concurrent,
              "search.time_budget_s": parse_duration(args.time_budget) if args.time_budget else None,
              "storage": args.storage}
-    study = load_study(args.space, overrides(args.set, flags))
+    study = load_study(args.space, cli_overrides(args.set, flags))
     return run(study, args.space, tracking_uri(args.tracking_uri), args.resume, args.address, args.verbose, started)
 
 
@@ -214,12 +212,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tune.config import load_study, parse_duration
+    from tune.config import cli_overrides, load_study, parse_duration
     from tune.tracking import tracking_uri
     from tune.train import default_out, train
 
     budget = parse_duration(args.time_budget) if args.time_budget else None
-    study = load_study(args.config, overrides(args.set, {"data.root": args.data, "train.epochs": args.epochs}))
+    study = load_study(args.config, cli_overrides(args.set, {"data.root": args.data, "train.epochs": args.epochs}))
     if study.space:
         print(f"note: {args.config} has a search space; tune train trains its fixed values and ignores the space")
     if not study.data.root:

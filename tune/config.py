@@ -94,6 +94,18 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def cli_overrides(sets: list[str], flags: dict) -> dict:
+    """Dotted keys to set in a YAML: each --set KEY=VALUE, then the command's flags that were given."""
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
 def parse_duration(text: str) -> float:
     """Seconds from a wall-clock duration: 1200, 90s, 20m, 1.5h or 1h30m."""
     parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
