@@ -53,6 +53,18 @@ def test_imperfect_submission_matches_sklearn(tmp_path, capsys):
     assert f"{scores['f1']:.4f}" in out and "macro F1, age band" in out
 
 
+def test_macro_f1_is_scikit_learns_on_any_labels():
+    from tune.score import _macro_f1
+
+    rng = np.random.default_rng(0)
+    for n, classes in ((1, 18), (7, 3), (50, 18), (400, 18), (30, 2)):
+        true, pred = rng.integers(0, classes, n), rng.integers(0, classes, n)
+        pred[: n // 3] = true[: n // 3]  # some right, some classes only on one side
+        assert _macro_f1(true, pred) == pytest.approx(f1_score(true, pred, average="macro", zero_division=0))
+    assert _macro_f1(np.array([0, 0]), np.array([1, 1])) == 0.0 == f1_score([0, 0], [1, 1], average="macro",
+                                                                             zero_division=0)
+
+
 def fails(capsys, sub: Path, ans: Path) -> str:
     assert main(["score", str(sub), str(ans)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
