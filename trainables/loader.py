@@ -13,13 +13,17 @@ and the workers can stay alive from one epoch to the next (`persistent_workers`)
 """
 from __future__ import annotations
 
-import albumentations as A
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainables.data import load_image
 from trainables.transforms import reseed
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 class Photos(Dataset):

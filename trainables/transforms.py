@@ -11,16 +11,22 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 
-import albumentations as A
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from trainables.config import AugmentConfig
 
+if TYPE_CHECKING:  # albumentations takes a second to import: it is imported where a pipeline is built
+    import albumentations as A
+
 
 def train_transform(cfg: AugmentConfig, size: int, seed: int) -> A.Compose:
     """The random augmentations of a decoded photo (cfg.decoded_size(size) square), ending at size x size."""
     decoded = cfg.decoded_size(size)
+    import albumentations as A
+
     ops: list[A.BasicTransform] = []
     if cfg.crop_scale < 1.0:
         ops.append(A.RandomResizedCrop(size=(size, size), scale=(cfg.crop_scale, 1.0), ratio=(0.8, 1.25)))
@@ -51,6 +57,8 @@ def reseed(transform: A.Compose, seed: int) -> None:
 
 def eval_transform(cfg: AugmentConfig, size: int) -> A.Compose | None:
     """Evaluation: only the resize from the decoded size, when photos are decoded with a margin."""
+    import albumentations as A
+
     return A.Compose([A.Resize(size, size)]) if cfg.decoded_size(size) != size else None
 
 
