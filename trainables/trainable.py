@@ -23,7 +23,6 @@ import trainables
 from trainables.config import TRIAL_ERROR, resolve_trial
 from trainables.trial import Trial
 
-MARGIN = 1.1  # a trial re-plans its schedule as if its epochs were this much slower than its slowest so far
 CODE = str(Path(trainables.__file__).parent)  # where this process imported `trainables` from (Ray's shipped copy)
 
 
@@ -42,7 +41,7 @@ def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
             return report_failure(trial.epoch)
         span = time.time() - last - result.get("first_step_s", 0.0)  # the first epoch's loader start left out
         last = time.time()
-        if end_by is not None and trial.replan(end_by, span, MARGIN):
+        if end_by is not None and trial.replan(end_by, span):
             result["planned_epochs"] = trial.cfg.train.epochs
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})

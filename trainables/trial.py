@@ -28,6 +28,8 @@ from trainables.models import build_model, normalization
 from trainables.optim import lr_at, make_optimizer
 from trainables.transforms import eval_transform, train_transform
 
+MARGIN = 1.1  # a re-plan judges the epochs to come this much slower than the slowest so far
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -138,7 +140,7 @@ class Trial:
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
                 "first_step_s": first}
 
-    def replan(self, end_by: float, epoch_s: float, margin: float = 1.0, now: float | None = None) -> int | None:
+    def replan(self, end_by: float, epoch_s: float, margin: float = MARGIN, now: float | None = None) -> int | None:
         """After an epoch that took `epoch_s` wall seconds: fit the schedule to end by `end_by` (time.time(), or
         `now`'s clock) as if every epoch to come were as slow as the slowest so far, times `margin`. Returns the
         new length, or None when it is unchanged (`fit_schedule`)."""

@@ -31,12 +31,13 @@ METRIC = "val_f1"
 
 
 def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, split=None, parent: str | None = None,
-              name: str | None = None, keep: str = "best", deadline: float | None = None
+              name: str | None = None, keep: str = "best", deadline: float | None = None, longest: int | None = None
               ) -> tuple[dict, tuple[np.ndarray, np.ndarray] | None]:
     """Train `cfg` (on `split` when given) into the export folder `out`, keeping its best epoch by val_f1 (or
     its last: keep="last", and always without validation). With a `deadline` (time.time()), the schedule is
-    re-planned after each epoch to end by it at the slowest epoch so far (`Trial.replan`: the learning rate
-    follows the new length, so the schedule still ends), and no epoch starts that would end after it. Returns the kept
+    re-planned after each epoch to end by it at the slowest epoch so far, plus 10% (`Trial.replan`: the learning rate
+    follows the new length, so the schedule still ends; early in it, up to `longest` epochs when the epochs run
+    faster than the plan measured), and no epoch starts that would end after it. Returns the kept
     epoch's metrics and, with validation, (the model's outputs, the truth) of the validation photos then."""
     run = client.create_run(tracking.experiment_id(client, experiment), run_name=name or out.name,
                             tags={"tune.role": "train", **({"mlflow.parentRunId": parent} if parent else {})})
@@ -45,6 +46,7 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
     kept, kept_outputs = None, None
     try:
         trial = Trial(cfg, cpus=cpus, progress=True, split=split)
+        trial.planned = max(trial.planned, longest or 0)  # the plan's length is a measured guess: it may grow
         out.mkdir(parents=True, exist_ok=True)
         while trial.epoch < cfg.train.epochs:
             if deadline is not None and trial.epoch and time.time() + trial.slowest > deadline:
@@ -79,6 +81,7 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     """Train as asked (split, --full or --folds; a time budget for the first two) and return the summary that
     is printed. With a time budget, the schedule's length (train.epochs at most) is planned from the pace
     measured here, so that it ends within the budget (tune/plan.py)."""
+    longest = None  # with a time budget: the config's own train.epochs, which the plan's length may grow to
     deadline = time.time() + time_budget_s if time_budget_s else None
     if deadline is not None and folds is not None:
         raise UserError("--time-budget trains one model (the split or --full), not --folds")
@@ -90,14 +93,15 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
         epochs, pace = plan_training(cfg, deadline - time.time(), cpus, every)
         print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s) (measured): {epochs} of train.epochs "
               f"{cfg.train.epochs} end within the time budget", flush=True)
+        longest = cfg.train.epochs
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     splits = data.fold_persons(table, cfg.data, folds) if folds is not None else None  # checks K first
     client = tracking.connect(uri)
     if every is not None:
-        result, _ = train_one(cfg, out, client, experiment, cpus, split=every, deadline=deadline)
+        result, _ = train_one(cfg, out, client, experiment, cpus, split=every, deadline=deadline, longest=longest)
         return {"export": str(out), "persons": len(every[0]), "epochs": result["epoch"]}
     if splits is None:
-        result, _ = train_one(cfg, out, client, experiment, cpus, deadline=deadline)
+        result, _ = train_one(cfg, out, client, experiment, cpus, deadline=deadline, longest=longest)
         return {"export": str(out), "epoch": result["epoch"], METRIC: result[METRIC]}
     parent = client.create_run(tracking.experiment_id(client, experiment), run_name=f"{out.name} ({folds} folds)",
                                tags={"tune.role": "folds"}).info.run_id
