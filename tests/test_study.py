@@ -194,7 +194,7 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     table = artifact_json(client, parent.info.run_id, "best_trials.json", tmp_path)
     assert table["columns"][:4] == ["trial_id", "outcome", "best_val_f1", "best_epoch"]
     assert "optimizer.name" in table["columns"]
-    assert table["data"][0][2] == pytest.approx(best)  # ranked: the best trial first
+    assert table["data"][0][2] == pytest.approx(best, abs=5e-5)  # ranked: the best trial first
     assert len(table["data"]) == sum("best_val_f1" in c.data.metrics for c in children)
     importance = artifact_json(client, parent.info.run_id, "param_importance.json", tmp_path)
     scored = [c for c in children if c.data.tags["tune.outcome"] in ("finished", "stopped_early")]

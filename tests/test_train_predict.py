@@ -179,22 +179,21 @@ def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, caps
 
 def test_time_budget_grows_a_schedule_its_plan_measured_too_slow(demo_data, store, tmp_path, capsys, monkeypatch):
     """The plan's pace is a measurement, and a measurement can be wrong (on a busy host one was 2.5 times an
-    epoch): a schedule planned too short grows after its first epochs, up to train.epochs, at the pace the epochs
-    show, and still ends within the budget."""
+    epoch): a schedule planned too short grows after its first epoch, up to train.epochs, at the pace the epochs
+    show, and still ends within the budget. Here the measurement says 15 s an epoch, where an epoch takes a few."""
     import time
 
     from trainables.trial import Trial
 
     measured = Trial.measure_pace
-    monkeypatch.setattr(Trial, "measure_pace", lambda self, steps=6: {
-        **measured(self, steps), "epoch_s": 5 * measured(self, steps)["epoch_s"]})  # five times too slow
+    monkeypatch.setattr(Trial, "measure_pace", lambda self, steps=6: {**measured(self, steps), "epoch_s": 15.0})
     config = config_file(tmp_path, "all", demo_data)
     started = time.monotonic()
-    assert main(["train", config, "--epochs", "500", "--time-budget", "30s", "--out", str(tmp_path / "grown"),
+    assert main(["train", config, "--epochs", "8", "--time-budget", "60s", "--out", str(tmp_path / "grown"),
                  "--tracking-uri", store]) == 0
     took = time.monotonic() - started
     printed = capsys.readouterr().out
     planned = int(printed.split("plan: ")[1].split(": ")[1].split(" of train.epochs")[0])
     trained = yaml.safe_load((tmp_path / "grown" / "config.yaml").read_text())["train"]["epochs"]
-    assert trained > planned and "re-planned:" in printed, printed
-    assert printed.count("\nepoch ") == trained and took < 30 + 15  # its whole schedule, within the budget
+    assert planned >= 2 and trained > planned and "re-planned:" in printed, printed
+    assert printed.count("\nepoch ") == trained and took < 60 + 15  # its whole schedule, within the budget
