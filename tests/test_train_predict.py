@@ -149,21 +149,28 @@ def test_soft_and_hard_votes():
     np.testing.assert_allclose(vote([a, b], "soft")["gender"], a["gender"])
 
 
-def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, capsys):
+def train_within(config: str, epochs: int, budget_s: int, out: Path, store: str, capsys) -> tuple[str, float, int, int]:
+    """`tune train CONFIG --epochs N --time-budget B`: what it printed, its seconds, the plan's epochs, and the
+    epochs of the schedule its export holds."""
     import time
 
-    config = config_file(tmp_path, "all", demo_data)
     started = time.monotonic()
-    assert main(["train", config, "--epochs", "500", "--time-budget", "20s", "--out", str(tmp_path / "budget"),
+    assert main(["train", config, "--epochs", str(epochs), "--time-budget", f"{budget_s}s", "--out", str(out),
                  "--tracking-uri", store]) == 0
     took = time.monotonic() - started
     printed = capsys.readouterr().out
-    epochs = int(printed.split("plan: ")[1].split(": ")[1].split(" of train.epochs")[0])
+    planned = int(printed.split("plan: ")[1].split(": ")[1].split(" of train.epochs")[0])
+    trained = yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"]
+    return printed, took, planned, trained
+
+
+def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, capsys):
+    config = config_file(tmp_path, "all", demo_data)
+    printed, took, epochs, trained = train_within(config, 500, 20, tmp_path / "budget", store, capsys)
     assert 1 <= epochs < 500 and "end within the time budget" in printed
     # the schedule was planned to end inside the budget (and re-planned if an epoch ran slower): the run ends
     # about when it does, the export after it, and the export's config holds the schedule it trained
     assert took < 20 + 15
-    trained = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())["train"]["epochs"]
     assert 1 <= trained < 500  # the plan's length, or what it was re-planned to
     assert printed.count("\nepoch ") == trained or "stopped after epoch" in printed  # or not one more epoch fitted
     assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["epoch"] <= trained
@@ -181,19 +188,11 @@ def test_time_budget_grows_a_schedule_its_plan_measured_too_slow(demo_data, stor
     """The plan's pace is a measurement, and a measurement can be wrong (on a busy host one was 2.5 times an
     epoch): a schedule planned too short grows after its first epoch, up to train.epochs, at the pace the epochs
     show, and still ends within the budget. Here the measurement says 15 s an epoch, where an epoch takes a few."""
-    import time
-
     from trainables.trial import Trial
 
     measured = Trial.measure_pace
     monkeypatch.setattr(Trial, "measure_pace", lambda self, steps=6: {**measured(self, steps), "epoch_s": 15.0})
     config = config_file(tmp_path, "all", demo_data)
-    started = time.monotonic()
-    assert main(["train", config, "--epochs", "8", "--time-budget", "60s", "--out", str(tmp_path / "grown"),
-                 "--tracking-uri", store]) == 0
-    took = time.monotonic() - started
-    printed = capsys.readouterr().out
-    planned = int(printed.split("plan: ")[1].split(": ")[1].split(" of train.epochs")[0])
-    trained = yaml.safe_load((tmp_path / "grown" / "config.yaml").read_text())["train"]["epochs"]
+    printed, took, planned, trained = train_within(config, 8, 60, tmp_path / "grown", store, capsys)
     assert planned >= 2 and trained > planned and "re-planned:" in printed, printed
     assert printed.count("\nepoch ") == trained and took < 60 + 15  # its whole schedule, within the budget
