@@ -3,7 +3,7 @@ import pytest
 
 from trainables.config import UserError
 from tune.config import load_study
-from tune.plan import RAY_START_S, Pace, apply, apply_params, plan_study
+from tune.plan import Pace, apply, apply_params, plan_study
 
 STUDY = """
 name: p
@@ -30,11 +30,11 @@ def paces(one_cpu: float, every_cpu: float, start: float = 2.0):
 
 
 def test_a_longer_budget_buys_longer_trials_and_a_slower_machine_shorter_ones(study):
-    fast = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50))
-    longer = plan_study(study, 2400, cpus=2, measure_at=paces(76, 50))
-    slower = plan_study(study, 2400, cpus=2, measure_at=paces(390, 245))
+    fast = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50), ray_start_s=5)
+    longer = plan_study(study, 2400, cpus=2, measure_at=paces(76, 50), ray_start_s=5)
+    slower = plan_study(study, 2400, cpus=2, measure_at=paces(390, 245), ray_start_s=5)
     assert (fast.concurrent, fast.cpus_per_trial) == (2, 1)  # one full trial per slot, two slots
-    assert fast.epochs == int((1200 - 2 - RAY_START_S) // 76) == 15
+    assert fast.epochs == int((1200 - 2 - 5) // 76) == 15
     assert longer.epochs == 31 > fast.epochs
     assert slower.epochs == 6 < longer.epochs
     assert 1 <= fast.grace_period < fast.epochs
@@ -42,8 +42,16 @@ def test_a_longer_budget_buys_longer_trials_and_a_slower_machine_shorter_ones(st
 
 def test_one_slot_leaves_room_for_two_full_trials(study):
     study.search.max_concurrent = 1
-    plan = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50))
-    assert plan.concurrent == 1 and plan.epochs == int((600 - 2 - RAY_START_S) // 76)
+    plan = plan_study(study, 1200, cpus=2, measure_at=paces(76, 50), ray_start_s=5)
+    assert plan.concurrent == 1 and plan.epochs == int((600 - 2 - 5) // 76)
+
+
+def test_a_slow_start_of_ray_trials_leaves_fewer_epochs(study):
+    """What Ray adds to a trial's start is measured where it runs (a loaded machine: tens of seconds)."""
+    quick = plan_study(study, 300, cpus=2, measure_at=paces(20, 15), ray_start_s=2)
+    slow = plan_study(study, 300, cpus=2, measure_at=paces(20, 15), ray_start_s=60)
+    assert (quick.epochs, slow.epochs) == ((300 - 2 - 2) // 20, (300 - 2 - 60) // 20)
+    assert slow.pace.start_s == 62 and "62 s to start a trial" in slow.describe()
 
 
 def test_a_budget_that_holds_barely_one_trial_trains_the_prior_alone_on_every_cpu(study):

@@ -357,14 +357,18 @@ scheduler: {name: fifo}
     assert len(whole) == 5 and [round(r["val_f1"], 4) for r in results] == whole, (results, whole)
 
 
+BUDGET = pytest.mark.xdist_group("budget")  # the studies timed by a budget take the CPUs to its end: one at a time
+
+
+@BUDGET
 def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path):
     path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
     # the plan measures the fixed values (32 px); every sampled trial is at 448 px, 196 times the work: its first
     # epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
     path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [448]}\n"))
-    # 90 s: Ray must start the trials before the budget ends, also on a loaded machine (the suite runs 3 at once:
-    # its checks and Ray's start once took 38 s of 60)
-    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "90s"), cwd=tmp_path,
+    # 150 s: Ray must start the trials before the budget ends, also on a loaded machine (the suite runs 3 at once
+    # on 2 cores: the checks, Ray's start and the stores' tables took 85 s there, and Ray 45 s to start a trial)
+    done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "150s"), cwd=tmp_path,
                           env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "cut by the time budget (not exported)" in done.stdout and "give it a longer --time-budget" in done.stdout, \
@@ -406,22 +410,24 @@ def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_dat
     assert not (tmp_path / "mlruns" / "ray" / "it").exists() and "started" not in printed.out
 
 
+@BUDGET
 def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_it(demo_data, tmp_path):
     """An epoch made slow on purpose (96 px on each CPU's share): the plan gives trials far fewer epochs than
     train.epochs, the searcher starts no trial that could not end, the study ends within its budget, and the
     export is a trial whose schedule ran to its end."""
     path = study_file(tmp_path, epochs=500, samples=200, lrs="[0.003, 0.03]")
     started = time.monotonic()
-    # 100 s: on a loaded machine (the suite runs 3 tests at once) the checks and Ray's start take half a minute
-    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "100s",
+    # 200 s: on a loaded machine (the suite runs 3 tests at once on 2 cores) the checks, Ray's start and the
+    # stores' tables took 95 s, and Ray 47 s to start a trial (on an idle one: 36 s and a few)
+    done = run(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "200s",
                "--set", "model.image_size=96")
     took = time.monotonic() - started
     pace, left, planned = re.search(r"plan: ([0-9.]+) s an epoch .* ([0-9]+) s left: trials of (\d+) epochs",
                                     done.stdout).groups()
     planned = int(planned)  # the plan's, from the pace it measured (train.epochs, 500, does not fit)
     assert 1 <= planned <= float(left) / max(float(pace) - 0.05, 0.01) < 500, (pace, left, planned)
-    assert took < 100 + 20, took  # + Ray's shutdown and the process's exit
-    assert "within 1m40s" in done.stdout and "no more trials: a trial takes about" in done.stdout
+    assert took < 200 + 20, took  # + Ray's shutdown and the process's exit
+    assert "within 3m20s" in done.stdout and "no more trials: a trial takes about" in done.stdout
     client, parent, children = runs_of(tmp_path, "it")
     assert 2 <= len(children) < 200
     outcomes = {c.data.tags["tune.outcome"] for c in children}
@@ -431,7 +437,7 @@ def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_i
     assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
     # anytime performance on the parent run: the best so far against seconds, rising, and its plot
     history = client.get_metric_history(parent.info.run_id, "best_so_far_val_f1")
-    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 100
+    assert [m.value for m in history] == sorted(m.value for m in history) and history[-1].step < 200
     assert "anytime.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     here(tmp_path, "export", "it", "--out", str(tmp_path / "export"))
     metrics = json.loads((tmp_path / "export" / "metrics.json").read_text())
@@ -478,7 +484,6 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
 
     from tune import space
     from tune.config import load_study
-    from tune.plan import RAY_START_S as TRIAL_START_S
     from tune.search.searcher import searcher
 
     monkeypatch.chdir(tmp_path)
@@ -487,14 +492,14 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     search = searcher(study, nodes, 0, deadline=time.time() + 110)
     assert search.suggest("a") and search.suggest("b")  # nothing measured yet: trials start
     search.on_trial_result("a", {"val_f1": 0.3, "epoch": 1, "time_total_s": 20.0, "training_iteration": 1})
-    assert search.trial_seconds() == 4 * 20.0 + TRIAL_START_S  # 90 s: fits in what is left
+    assert search.trial_seconds() == 4 * 20.0  # 80 s: fits in what is left (no plan: no start measured yet)
     assert search.suggest("c")
     search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 30.0, "training_iteration": 1})
-    # a full trial (4 x 30 s + 5 s) no longer fits in the 110 s left, 3 epochs do: a shorter trial starts instead
+    # a full trial (4 x 30 s) no longer fits in the 110 s left, 3 epochs do: a shorter trial starts instead
     shorter = search.suggest("d")
     assert shorter["train.epochs"] == 3 and "optimizer.name" in shorter
     search.on_trial_result("b", {"val_f1": 0.2, "epoch": 1, "time_total_s": 60.0, "training_iteration": 1})
-    assert search.suggest("e") == "FINISHED" and "takes about 245 s" in search.refused  # not even half of it fits
+    assert search.suggest("e") == "FINISHED" and "takes about 240 s" in search.refused  # not even half of it fits
     search.on_trial_complete("d", {"val_f1": 0.4, "epoch": 3, "time_total_s": 90.0, "training_iteration": 3})
     search.on_trial_complete("a", {"val_f1": 0.3, "epoch": 1, "time_total_s": 20.0, "training_iteration": 1})
     trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials

@@ -103,7 +103,6 @@ def test_a_schedule_shortened_to_fit_a_deadline_still_ends_and_resumes_shortened
     trial.run_epoch()
     assert trial.fit_schedule(time.time() + 1000, epoch_s=10.0) is None  # 6 epochs fit: unchanged
     assert trial.fit_schedule(time.time() + 25, epoch_s=10.0) == 3  # two more fit: its schedule is 3 epochs now
-    assert trial.fit_schedule(time.time() + 5, epoch_s=10.0) is None  # not one more fits: nothing to gain
     assert trial.fit_schedule(time.time() + 1000, epoch_s=10.0) == 6  # early in it, it grows back to its plan
     assert trial.fit_schedule(time.time() + 25, epoch_s=10.0) == 3
     steps = len(trial.train_loader)
@@ -150,3 +149,5 @@ def test_a_passing_slowdown_shortens_the_schedule_and_the_slack_grows_it_back(de
     late = make(demo_data, tiny_config, train={"epochs": 10})
     late.cfg.train.epochs, late.epoch = 7, 5  # shortened earlier, now past two thirds of it
     assert late.fit_schedule(1000.0, 1.0, now=0.0) is None  # it does not grow back so late
+    # not one more epoch fits: the schedule ends now, at an epoch with a model (the budget would cut the next)
+    assert late.fit_schedule(5.0, 10.0, now=0.0) == 5 == late.cfg.train.epochs

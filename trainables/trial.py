@@ -151,15 +151,15 @@ class Trial:
         """Set the schedule (train.epochs) to the most epochs that end by `end_by` (time.time(), or `now`'s
         clock) at `epoch_s` seconds an epoch: shorter when the schedule would end later; longer again, up to the
         length it was planned with, when the epochs since ran faster than that pace and at most two thirds of
-        the schedule are done (later, a longer cosine would raise a learning rate it has nearly spent). Returns
-        the new length, or None when it is unchanged (or not even one more epoch fits: then nothing is gained by
-        ending the schedule early). The learning-rate schedule follows the new length from the next step on, so
-        it still ends at the trial's last epoch."""
+        the schedule are done (later, a longer cosine would raise a learning rate it has nearly spent). When not
+        one more epoch fits, the schedule ends now: a trial the budget would cut mid-epoch leaves no model, one
+        that ends here leaves this epoch's. Returns the new length, or None when it is unchanged. The learning
+        rate follows the new length from the next step on, so it still ends at the trial's last epoch."""
         fits = self.epoch + int((end_by - (time.time() if now is None else now)) / max(epoch_s, 1e-9))
         current = self.cfg.train.epochs
         longest = max(current, self.planned) if 3 * self.epoch <= 2 * current else current
-        epochs = min(fits, longest)
-        if self.epoch < epochs != current:
+        epochs = max(self.epoch, min(fits, longest))
+        if epochs != current:
             self.cfg.train.epochs = epochs
             return epochs
         return None

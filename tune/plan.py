@@ -2,7 +2,9 @@
 
 Before the first trial, a throw-away `Trial` of the study's fixed values (its prior) times a few of its training
 steps and validation batches on the trial's resources (`Trial.measure_pace`): what an epoch costs here, and
-what a trial's start costs. From it and the seconds left:
+what a trial's start costs; once Ray runs, a process of the trial's resources times what Ray adds to it
+(`ray_setup.trial_start_s`: its worker's start and imports, under the machine's load then). From these and the
+seconds left:
 
 - trials at once: as the resources allow (and search.max_concurrent);
 - a trial's length (train.epochs, and ASHA's max_t): the longest schedule that lets the study finish
@@ -20,6 +22,7 @@ again (up to its plan, early in it) when faster epochs since left time over (`Tr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,7 +33,6 @@ import torch
 from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 
-RAY_START_S = 5.0  # a Ray trial's start beyond its own (worker process, imports): corrected by the first results
 FULL_TRIALS = 2  # full-length trials the plan leaves room for (a choice of at least two finished models)
 
 
@@ -38,7 +40,7 @@ FULL_TRIALS = 2  # full-length trials the plan leaves room for (a choice of at l
 class Pace:
     """What a trial costs on `cpus` CPUs of this machine."""
     epoch_s: float  # one epoch: training and validation
-    start_s: float  # the trial's start: data, model, the loader's first batch (Ray's own start not included)
+    start_s: float  # the trial's start: data, model, the loader's first batch (and Ray's, where it was measured)
     cpus: float
 
 
@@ -55,7 +57,8 @@ class Plan:
     def describe(self) -> str:
         at_once = "1 trial at a time" if self.concurrent == 1 else f"{self.concurrent} trials at a time"
         pace = f"{self.pace.epoch_s:.1f}" if self.pace.epoch_s < 10 else f"{self.pace.epoch_s:.0f}"
-        return (f"plan: {pace} s an epoch on {self.cpus_per_trial:g} CPU(s) (measured), "
+        return (f"plan: {pace} s an epoch on {self.cpus_per_trial:g} CPU(s), {self.pace.start_s:.0f} s to start a "
+                f"trial (measured), "
                 f"{self.seconds:.0f} s left: trials of {self.epochs} epochs, {at_once}, first ASHA rung at "
                 f"epoch {self.grace_period}{self.note}")
 
@@ -94,16 +97,16 @@ class Measured:
         return self.paces[cpus]
 
 
-def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1, in_ray: bool = True) -> int:
+def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1) -> int:
     """The longest schedule of which `trials` trials, one after the other, end within `seconds`."""
-    return math.floor((seconds / trials - pace.start_s - (RAY_START_S if in_ray else 0.0)) / pace.epoch_s)
+    return math.floor((seconds / trials - pace.start_s) / pace.epoch_s)
 
 
 def plan_training(cfg: TrialConfig, seconds: float, cpus: int, split=None) -> tuple[int, Pace]:
     """`tune train --time-budget`: the longest schedule, up to cfg's train.epochs, that ends within `seconds`
     on `cpus` CPUs (on `split` when given). Raises UserError when not one epoch fits."""
     pace = measure(cfg, cpus, split=split)
-    epochs = min(cfg.train.epochs, epochs_that_fit(seconds, pace, in_ray=False))
+    epochs = min(cfg.train.epochs, epochs_that_fit(seconds, pace))
     if epochs < 1:
         raise UserError(f"the time budget leaves {seconds:.0f} s, and one epoch of this model takes about "
                         f"{pace.epoch_s:.0f} s here ({pace.start_s:.0f} s to start): give it at least "
@@ -111,10 +114,11 @@ def plan_training(cfg: TrialConfig, seconds: float, cpus: int, split=None) -> tu
     return epochs, pace
 
 
-def plan_study(study, seconds: float, cpus: float | None = None, measure_at=measure, gpus: float | None = None
-               ) -> Plan:
+def plan_study(study, seconds: float, cpus: float | None = None, measure_at=measure, gpus: float | None = None,
+               ray_start_s: float = 0.0) -> Plan:
     """Plan `study` (a StudyConfig) for the `seconds` left of its budget on `cpus` CPUs and `gpus` GPUs (default:
-    this machine's). Raises UserError when not one epoch of one trial fits."""
+    this machine's), when Ray takes `ray_start_s` to start a trial's process. Raises UserError when not one epoch
+    of one trial fits."""
     cpus = cpus or os.cpu_count() or 1
     gpus = torch.cuda.device_count() if gpus is None else gpus
     res, search = study.resources, study.search
@@ -125,14 +129,18 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     prior = study.trial_defaults()
     if res.gpus_per_trial == 0:  # Ray hides the GPUs from trials that ask for none
         prior.train.device = "cpu"
-    pace = measure_at(prior, res.cpus_per_trial)
+    def measured(cpus_per_trial: float) -> Pace:
+        pace = measure_at(prior, cpus_per_trial)
+        return dataclasses.replace(pace, start_s=pace.start_s + ray_start_s)
+
+    pace = measured(res.cpus_per_trial)
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
     epochs = epochs_that_fit(seconds, pace, per_slot)
     if epochs < search.min_epochs and per_slot > 1:
         epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
     cpus_per_trial, note = res.cpus_per_trial, ""
     if epochs < search.min_epochs and res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1):
-        alone = measure_at(prior, cpus)  # the budget holds barely one trial: the prior, on the whole machine
+        alone = measured(cpus)  # the budget holds barely one trial: the prior, on the whole machine
         if epochs_that_fit(seconds, alone, 1) > epochs:
             pace, cpus_per_trial, concurrent = alone, cpus, 1
             epochs = epochs_that_fit(seconds, alone, 1)
@@ -141,9 +149,9 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     if search.max_epochs:
         epochs = min(epochs, search.max_epochs)
     if epochs < 1:
-        need = pace.start_s + RAY_START_S + pace.epoch_s
+        need = pace.start_s + pace.epoch_s
         raise UserError(f"the time budget leaves {seconds:.0f} s after the checks, and one epoch of the study's "
-                        f"model takes about {pace.epoch_s:.0f} s here ({pace.start_s + RAY_START_S:.0f} s to start "
+                        f"model takes about {pace.epoch_s:.0f} s here ({pace.start_s:.0f} s to start "
                         f"a trial): give it at least {math.ceil(need - seconds):.0f} s more (--time-budget)")
     grace = max(1, min(study.scheduler.grace_period, epochs - 1))
     return Plan(epochs, concurrent, cpus_per_trial, grace, pace, seconds, note)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import ray
@@ -69,6 +70,39 @@ def cluster_resources() -> tuple[float, float | None]:
         return float(os.cpu_count() or 1), None
     resources = ray.cluster_resources()
     return resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+
+
+@ray.remote
+class _TrialProcess:
+    """An empty trial: a Ray process of a trial's resources that imports what a trial runs."""
+
+    def ready(self) -> float:
+        import trainables.trainable  # noqa: F401 - the import is what is timed
+
+        return time.time()
+
+
+class TrialStart:
+    """What Ray adds to a trial's own start here (its process's start and imports), measured under the machine's
+    load now: a process of the trial's resources is started at once, and `seconds()` waits for it to be ready."""
+
+    def __init__(self, cpus: float, gpus: float):
+        self.started = time.time()
+        self.process = _TrialProcess.options(num_cpus=cpus, num_gpus=gpus).remote()
+        self.ready = self.process.ready.remote()
+        self.what = f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+
+    def seconds(self, wait: float) -> float:
+        """Seconds from the start to ready (raises UserError when it is not ready in `wait` seconds)."""
+        try:
+            ready_at = ray.get(self.ready, timeout=max(1.0, wait))
+        except ray.exceptions.GetTimeoutError:
+            raise UserError(f"Ray did not start a trial's process of {self.what} within the {wait:.0f} s left of "
+                            "the time budget: give it a longer --time-budget, or ask for fewer resources "
+                            "(resources.cpus_per_trial, resources.gpus_per_trial)") from None
+        finally:
+            ray.kill(self.process)
+        return min(max(0.0, ready_at - self.started), time.time() - self.started)  # a node's clock may differ
 
 
 def ray_tune_cli(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """`tune run`: a study from its checks to its summary, one round of trials after another.
 
-    checks (`checks`) -> the time budget's plan (`tune.plan`, measured before Ray starts) -> Ray (`ray_setup`)
+    checks (`checks`) -> the time budget's pace (`tune.plan`, measured before Ray starts) -> Ray (`ray_setup`)
+    -> the stores (MLflow, Optuna) -> the budget's plan
     -> rounds of trials: Optuna proposes (`searcher`), ASHA stops the weak, each trial trains
        (`trainables.trainable.train_trial`), `StudyTracker` writes it to MLflow, `LiveView` shows it
     -> the summary: the study's best epoch over every round (`tune.outcomes`)
@@ -17,6 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import ray
 import requests
@@ -54,19 +56,37 @@ def run(study: StudyConfig, where: str, uri: str, resume: bool = False, address:
         nodes = checks.check_study(study, where, cluster=bool(address))
         if address:
             checks.check_nodes(study, nodes)
-        plan = None
+        planner = None
         if study.search.time_budget_s and not resume:  # a resumed study's trials keep the plan they were given
-            deadline, measured = started + study.search.time_budget_s, Measured()
-            if not address:  # measured on a quiet machine: Ray's start keeps its cores busy for a while
-                plan_study(study, deadline - time.time(), measure_at=measured)
-                start_ray(study, store, address, verbose)
-            cpus, gpus = ray_setup.cluster_resources()
-            plan = plan_study(study, deadline - time.time(), cpus, measured, gpus)  # Ray's start counted
-            apply(plan, study)
+            planner = budget_planner(study, store, address, verbose, started + study.search.time_budget_s)
         elif resume:  # the plan it was run with, if any: restored trials and a new round keep it
             apply_params(tracking.study_params(study.name, uri), study)
-        run_study(study, nodes, uri, store, resume, address, verbose, started, plan)
+        run_study(study, nodes, uri, store, resume, address, verbose, started, planner)
     return summarize(study, store)
+
+
+def budget_planner(study: StudyConfig, store: Storage, address: str | None, verbose: bool, deadline: float
+                   ) -> Callable[[], Plan]:
+    """Measure what the time budget's plan needs, and return what makes it (and applies it to `study`) once the
+    study's stores are ready, right before its trials start, so that the seconds it plans are the trials' own.
+
+    The pace of an epoch is measured before Ray starts (on a quiet machine: Ray's start keeps its cores busy for
+    a while), or on a cluster's driver; what Ray adds to a trial's start is measured by a process of a trial's
+    resources started now, while the stores are made (`ray_setup.TrialStart`)."""
+    measured = Measured()
+    if not address:
+        plan_study(study, deadline - time.time(), measure_at=measured)  # refused here when not one epoch fits
+        start_ray(study, store, address, verbose)
+    cpus, gpus = ray_setup.cluster_resources()
+    trial_start = ray_setup.TrialStart(study.resources.cpus_per_trial, study.resources.gpus_per_trial)
+
+    def make() -> Plan:
+        ray_start_s = trial_start.seconds(deadline - time.time())
+        plan = plan_study(study, deadline - time.time(), cpus, measured, gpus, ray_start_s)
+        apply(plan, study)
+        return plan
+
+    return make
 
 
 def start_ray(study: StudyConfig, store: Storage, address: str | None, verbose: bool) -> None:
@@ -102,19 +122,23 @@ def settings(study: StudyConfig, store: Storage) -> dict:
 
 def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume: bool = False,
               address: str | None = None, verbose: bool = False, started: float | None = None,
-              plan: Plan | None = None):
+              planner: Callable[[], Plan] | None = None):
     """Run the study to `search.num_samples` trials and return Ray's ResultGrid of its last round.
 
     With `search.time_budget_s`, the study ends that long after `started` (time.time(), default now: the
     command's start, so that checking and caching the data count): no trial starts that would not finish before
     then (`StudySearch`), a running trial re-plans its schedule to end before then, and a trial still running
-    then is cut, marked so, and never exported. `plan` (tune/plan.py, applied to `study` already) is recorded.
+    then is cut, marked so, and never exported. `planner` makes the budget's plan (`budget_planner`), once the
+    stores are ready; the plan is recorded on the study's parent run.
     """
     path = store.study(study.name)
     if not verbose:
         ray_setup.quiet_logs(LOG_DIR / f"{study.name}.log")
     tracking.quiet_retries()  # a tracking server that does not answer holds the study back seconds, not minutes
     client = tracking.connect(uri)
+    if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
+        optuna_store.forget(study.name)
+    plan = planner() if planner else None  # after the stores' set-up (their tables): the trials' seconds
     parent = tracking.find_study_run(client, study.name) if resume else None
     if parent is None:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
@@ -149,8 +173,6 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base(), end_by=deadline),
                                     {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a trial's failure report has no metric
-    if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
-        optuna_store.forget(study.name)
     try:
         results = None
         # an interrupted round (trials that started and did not end), or a study from before the Optuna store

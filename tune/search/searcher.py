@@ -17,7 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from trainables.config import TRIAL_ERROR
 from tune import outcomes, space
 from tune.config import StudyConfig
-from tune.plan import RAY_START_S, Plan
+from tune.plan import Plan
 from tune.search import private
 from tune.search.optuna_store import optuna_storage
 
@@ -64,7 +64,7 @@ class StudySearch(OptunaSearch):
 
     max_epochs: int | None = None  # class defaults: a searcher saved before these existed is restored without them
     deadline: float | None = None
-    start_s: float = RAY_START_S
+    start_s: float = 0.0  # a trial's start (Ray's included): the plan's measure, then the trials' own
     say: Callable[[str], None] = print
 
     def plan(self, max_epochs: int, deadline: float | None, plan: Plan | None = None,
@@ -73,7 +73,7 @@ class StudySearch(OptunaSearch):
         self.pace: dict[str, float] = {}  # Ray trial id -> seconds per epoch since the trial started
         if plan is not None:  # before any trial reports: the pace measured for the plan
             self.pace["measured"] = plan.pace.epoch_s
-            self.start_s = plan.pace.start_s + RAY_START_S
+            self.start_s = plan.pace.start_s
         self.epochs: dict[str, int] = {}  # Ray trial id -> its epochs, where the budget shortened it
         self.suggested: dict[str, float] = {}  # Ray trial id -> when it was proposed (time.time())
         self.refused: str | None = None  # why the last trial was not started
