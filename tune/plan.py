@@ -3,7 +3,7 @@
 Before the first trial, a throw-away `Trial` of the study's fixed values (its prior) times a few of its training
 steps and validation batches on the trial's resources (`Trial.measure_pace`): what an epoch costs here, and
 what a trial's start costs; once Ray runs, a process of the trial's resources times what Ray adds to it
-(`ray_setup.trial_start_s`: its worker's start and imports, under the machine's load then). From these and the
+(`tune.search.ray_setup.TrialStart`: its worker's start and imports, under the machine's load then). From these and the
 seconds left:
 
 - trials at once: as the resources allow (and search.max_concurrent);
