@@ -125,3 +125,31 @@ def test_one_image_per_person_draws_each_person_exactly_once_an_epoch():
         assert sorted(persons[picks]) == list(range(13))  # every person once, none twice
         drawn.append(picks)
     assert drawn[0] != drawn[1] and drawn[1] != drawn[2]  # a new photo and order each epoch
+
+
+def test_a_balanced_sampler_draws_every_class_about_as_often_in_an_epoch_of_the_same_length():
+    from trainables.loader import Batches
+
+    classes = np.repeat([0, 1, 2], [700, 250, 50])  # 70% / 25% / 5%, as mask wear / not wear / incorrect
+    batches = Batches(len(classes), 10, seed=1, shuffle=True, drop_last=True, classes=classes)
+    picks = np.array([i for _, batch in batches for i in batch])
+    assert len(picks) == len(classes)  # an epoch is still the data set's length
+    shares = np.bincount(classes[picks], minlength=3) / len(picks)
+    assert np.abs(shares - 1 / 3).max() < 0.05, shares
+    # one photo a person: persons are drawn, weighted by their photos; the photos' classes come out even
+    persons = np.repeat(np.arange(100), 10)
+    labels = np.where(np.arange(1000) % 10 < 8, 0, 1)  # each person 8 photos of class 0, 2 of class 1
+    labels[persons >= 90] = 2  # and 10 persons of class 2 only (as the >= 60 age band)
+    batches = Batches(len(labels), 10, seed=1, shuffle=True, persons=persons, drop_last=True, classes=labels)
+    drawn = np.concatenate([[i for _, batch in batches for i in batch] for batches.epoch in range(20)])
+    assert len(drawn) == 20 * 100  # one photo a draw, as many draws as persons
+    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    assert np.abs(shares - 1 / 3).max() < 0.04, shares
+    assert set(persons[drawn]) == set(range(100))
+
+
+def test_the_balanced_sampler_evens_the_task_s_classes(demo_data):
+    table = data.read_table(demo_data)
+    assert list(data.sampling_classes(table, "multi", (30, 60))) == list(data.targets(table, "all", (30, 60)))
+    ages = data.sampling_classes(table, "age", (30, 60))  # bands, also for a regressing head
+    assert set(ages) <= {0, 1, 2} and list(ages) == list(data.age_band(table["age"].to_numpy(), (30, 60)))

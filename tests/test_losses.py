@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from trainables.config import LossConfig
 from trainables.data import age_to_target
-from trainables.losses import TaskLoss, focal_loss, soft_f1_loss
+from trainables.losses import TaskLoss, focal_loss, smoothed_one_hot, soft_f1_loss
 
 
 def batch(n=32, c=5, seed=0):
@@ -15,21 +15,36 @@ def batch(n=32, c=5, seed=0):
 
 def test_focal_with_gamma_zero_is_cross_entropy():
     logits, target = batch()
-    assert torch.allclose(focal_loss(logits, target, 0.0), F.cross_entropy(logits, target), atol=1e-6)
-    assert torch.allclose(focal_loss(logits, target, 0.0, 0.1), F.cross_entropy(logits, target, label_smoothing=0.1),
+    q = smoothed_one_hot(target, 5, 0.1)
+    assert torch.allclose(focal_loss(logits, smoothed_one_hot(target, 5), 0.0), F.cross_entropy(logits, target),
                           atol=1e-6)
+    assert torch.allclose(focal_loss(logits, q, 0.0), F.cross_entropy(logits, target, label_smoothing=0.1), atol=1e-6)
+    focal = TaskLoss(LossConfig(name="focal", gamma=0.0, label_smoothing=0.1), "mask", target.numpy() % 3)
+    assert torch.allclose(focal(logits[:, :3], target % 3), F.cross_entropy(logits[:, :3], target % 3,
+                                                                            label_smoothing=0.1), atol=1e-6)
 
 
 def test_focal_down_weights_easy_examples():
     logits, target = batch()
-    assert focal_loss(logits, target, 2.0) < F.cross_entropy(logits, target)
+    assert focal_loss(logits, smoothed_one_hot(target, 5), 2.0) < F.cross_entropy(logits, target)
 
 
 def test_soft_f1_is_zero_when_perfect_and_high_when_wrong():
     target = torch.arange(4).repeat(4)
     perfect = F.one_hot(target, 4).float() * 50
-    assert soft_f1_loss(perfect, target) < 1e-3
-    assert soft_f1_loss(-perfect, target) > 0.99
+    assert soft_f1_loss(perfect, F.one_hot(target, 4).float()) < 1e-3
+    assert soft_f1_loss(-perfect, F.one_hot(target, 4).float()) > 0.99
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "focal", "f1"])
+def test_soft_targets_of_whole_classes_score_as_the_labels(name):
+    """A mixed batch's soft targets that happen to be one class each (lambda 1) give the loss of the labels,
+    label smoothing and class weights included, for every loss."""
+    logits, target = batch(c=3)
+    cfg = LossConfig(name=name, label_smoothing=0.1 if name != "f1" else 0.0, class_weights="none")
+    fn = TaskLoss(cfg, "mask", target.numpy())
+    soft = [smoothed_one_hot(target, 3, cfg.label_smoothing)]
+    assert torch.allclose(fn(logits, soft), fn(logits, target), atol=1e-6)
 
 
 def test_multi_sums_the_three_heads():
@@ -106,8 +121,7 @@ def test_every_loss_and_optimizer_learns_a_separable_problem(task, optimizer, lo
     heads = [3, 2, 3] if task == "multi" else [3]
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, sum(heads)))
     lr = {"sgd": 0.5, "sam": 0.05, "adam": 0.05, "adamw": 0.05}[optimizer]
-    opt, sam = make_optimizer(OptimizerConfig(name=optimizer, lr=lr, base="adam", weight_decay=0.0),
-                              model.parameters())
+    opt, sam = make_optimizer(OptimizerConfig(name=optimizer, lr=lr, base="adam", weight_decay=0.0), model)
     loss_fn = TaskLoss(LossConfig(**loss), task, target.numpy())
     batches = [(images[i:i + 16], target[i:i + 16]) for i in range(0, len(images), 16)]
     dev = Device("cpu", torch.full((3,), 0.5), torch.full((3,), 0.25))

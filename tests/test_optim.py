@@ -24,7 +24,7 @@ def test_sam_step_is_the_gradient_at_the_perturbed_point():
     expected = [w - lr * gi for w, gi in zip(w0, g2, strict=True)]
 
     optimizer, sam = make_optimizer(OptimizerConfig(name="sam", base="sgd", lr=lr, momentum=0.0, weight_decay=0.0,
-                                                    rho=rho), model.parameters())
+                                                    rho=rho), model)
     loss = torch.nn.functional.mse_loss(model(x), y)
     loss.backward()
     sam.ascend()
@@ -38,8 +38,30 @@ def test_sam_step_is_the_gradient_at_the_perturbed_point():
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
                                        ("adamw", torch.optim.AdamW)])
 def test_plain_optimizers(name, cls):
-    optimizer, sam = make_optimizer(OptimizerConfig(name=name, nesterov=True), torch.nn.Linear(2, 2).parameters())
+    optimizer, sam = make_optimizer(OptimizerConfig(name=name, nesterov=True), torch.nn.Linear(2, 2))
     assert isinstance(optimizer, cls) and sam is None
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "sam"])
+def test_weight_decay_spares_biases_and_norm_weights(name):
+    """A step with zero gradients moves only what weight decay acts on: the conv and linear weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in model.parameters():  # none zero (a norm's bias starts at 0: decay could not move it)
+            p.normal_()
+    for spare, decayed in ((False, {"0.weight", "3.weight"}), (True, {n for n, _ in model.named_parameters()})):
+        cfg = OptimizerConfig(name=name, lr=0.1, weight_decay=0.1, decay_norm_and_bias=spare)
+        optimizer, sam = make_optimizer(cfg, model)
+        groups = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        assert {n for n, p in model.named_parameters() if groups[id(p)] > 0} == decayed
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        (sam.ascend() or sam.descend()) if sam else optimizer.step()
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == decayed, (name, spare, moved)
 
 
 def test_schedules():

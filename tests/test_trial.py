@@ -151,3 +151,38 @@ def test_a_passing_slowdown_shortens_the_schedule_and_the_slack_grows_it_back(de
     assert late.fit_schedule(1000.0, 1.0, now=0.0) is None  # it does not grow back so late
     # not one more epoch fits: the schedule ends now, at an epoch with a model (the budget would cut the next)
     assert late.fit_schedule(5.0, 10.0, now=0.0) == 5 == late.cfg.train.epochs
+
+
+def test_an_ema_is_what_is_validated_saved_exported_and_resumed(demo_data, tiny_config, tmp_path):
+    import shutil
+
+    import torch
+
+    from tune.export import evaluate_export, load_export, write_export
+
+    def ema_trial():
+        return make(demo_data, tiny_config, train={"epochs": 3, "ema": 0.9})
+
+    straight = ema_trial()
+    results = [straight.run_epoch() for _ in range(3)]
+    first = ema_trial()
+    result = first.run_epoch()
+    averaged, trained = first.ema.module.state_dict(), first.model.state_dict()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)  # the average is not the weights
+    assert result["val_f1"] == first.evaluate()["val_f1"] == results[0]["val_f1"]
+    (tmp_path / "checkpoint").mkdir()
+    first.save(tmp_path / "checkpoint", result)
+    # the export (the checkpoint's model.safetensors, as `tune export` copies it) is the average, and re-scores
+    out = tmp_path / "export"
+    out.mkdir()
+    shutil.copy2(tmp_path / "checkpoint" / "model.safetensors", out / "model.safetensors")
+    write_export(out, first.cfg, result, (first.train_persons, first.val_persons))
+    _, exported = load_export(out)
+    assert all(torch.equal(v, averaged[k].cpu()) for k, v in exported.state_dict().items())
+    assert evaluate_export(out)["val_f1"] == result["val_f1"]
+    # a resume restores both the weights and their average: its epochs are the uninterrupted run's
+    resumed = ema_trial()
+    resumed.load(tmp_path / "checkpoint")
+    again = [resumed.run_epoch() for _ in range(2)]
+    assert [r["val_f1"] for r in again] == [r["val_f1"] for r in results[1:]]
+    assert [r["val_loss"] for r in again] == pytest.approx([r["val_loss"] for r in results[1:]])

@@ -33,6 +33,11 @@ class DataConfig(Strict):
     score_age_bounds: tuple[int, int] = Field(
         (30, 60), description="the competition's age bands: every validation metric and the split's strata")
     one_image_per_person: bool = Field(False, description="train on one random image per person per epoch")
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: draw the training photos with replacement, each with a weight of one "
+        "over its class's count (the task's classes; the 18 for all and multi), so every class comes about as "
+        "often; with one_image_per_person it draws persons (weighted by their photos) and one photo of each "
+        "draw; an epoch keeps the data set's length")
     max_persons: int | None = Field(None, gt=0, description="use only the first N persons (quick runs)")
     cache: bool = Field(True, description="decode each photo once per machine into a shared, memory-mapped "
                         "cache; false: decode every photo each time it is drawn (data too big for the disk)")
@@ -82,6 +87,12 @@ class AugmentConfig(Strict):
     grid_dropout: float | None = Field(None, ge=0.0, le=1.0, description="probability")
     decode_margin: float = Field(0.0, ge=0.0, le=1.0, description="decode photos this much larger than "
                                  "model.image_size (0.15: 15%), so random crops keep their detail")
+    mixup: float = Field(0.0, ge=0.0, description="MixUp's alpha (a batch is blended with itself reversed, "
+                         "weights from Beta(alpha, alpha); timm's Mixup); 0: off")
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix's alpha (a box of the paired photo pasted in); 0: off")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="mixup/cutmix: the share of batches mixed")
+    mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="mixup and cutmix both on: the share of "
+                                   "mixed batches that take CutMix")
 
     def decoded_size(self, image_size: int) -> int:
         """The size photos are decoded (and cached) at for a model input of image_size."""
@@ -109,6 +120,8 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd, and sam over sgd")
     nesterov: bool = Field(False, description="sgd, and sam over sgd")
     rho: float = Field(0.05, gt=0.0, description="sam: radius of the ascent step")
+    decay_norm_and_bias: bool = Field(False, description="decay biases and norm weights too; default: only the "
+                                      "weights of convolutions and linear layers (timm's parameter groups)")
     base: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sam: the optimizer it wraps")
 
 
@@ -126,6 +139,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int | None = Field(None, ge=0, description="loader workers; default: the trial's CPUs - 1")
     keep_checkpoints: int = Field(2, gt=0, description="best checkpoints kept per trial")
+    ema: float | None = Field(None, gt=0.0, lt=1.0, description="the decay of an exponential moving average of "
+                              "the weights (0.999; timm's ModelEmaV3, warmed up over the first steps): the average "
+                              "is what is validated, checkpointed and exported; null: off")
 
 
 class TrialConfig(Strict):

@@ -208,6 +208,12 @@ def targets(table: pd.DataFrame, task: str, bounds: tuple[int, int], age_head: s
     return by_task[task]
 
 
+def sampling_classes(table: pd.DataFrame, task: str, bounds: tuple[int, int]) -> np.ndarray:
+    """The classes `data.sampler: balanced` evens out: the task's (the 18 for all and multi; age in its bands at
+    `bounds`, for a regressing head too)."""
+    return targets(table, "all" if task == "multi" else task, bounds)
+
+
 def load_image(file: str, size: int, center_crop: tuple[int, int] | None) -> np.ndarray:
     """Decode one photo, cut its centre (height, width in the photo's pixels) and resize it to size x size."""
     try:

@@ -7,7 +7,8 @@ and the baseline of `benchmarks/throughput.py`). Both apply the same random augm
 float on the device.
 
 `Batches` decides each epoch's batches in the main process: the order (shuffled, or one random photo of each
-person with `one_image_per_person`) and one augmentation seed per batch, all drawn from (seed, epoch). So an
+person with `one_image_per_person`, or drawn class-balanced with `data.sampler: balanced`) and one augmentation
+seed per batch, all drawn from (seed, epoch). So an
 epoch's augmentations are the same whatever the number of loader workers, in a resumed or re-run trial too,
 and the workers can stay alive from one epoch to the next (`persistent_workers`).
 """
@@ -92,13 +93,20 @@ class Batches(Sampler[tuple[int, list[int]]]):
     """An epoch's batches as (augmentation seed, indices), drawn from (seed, epoch) alone.
 
     shuffle: a random order each epoch; persons: one random photo of each person per epoch instead of every
-    photo; drop_last: drop a last partial batch (training), unless it would be the only one.
+    photo; classes: draw with replacement, each photo weighted by one over its class's count, so that every
+    class comes about equally often (with persons: a person by the sum of their photos' weights, then one of
+    their photos by its weight: the same share of each photo, one person a draw); the epoch keeps its length
+    (photos, or persons). drop_last: drop a last partial batch (training), unless it would be the only one.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = False,
-                 persons: np.ndarray | None = None, drop_last: bool = False):
+                 persons: np.ndarray | None = None, drop_last: bool = False, classes: np.ndarray | None = None):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.groups = [np.flatnonzero(persons == p) for p in np.unique(persons)] if persons is not None else None
+        self.weights = None
+        if classes is not None:
+            _, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
+            self.weights = 1.0 / counts[inverse]
         samples = len(self.groups) if self.groups is not None else n
         self.drop_last = drop_last and samples > batch_size
         self.epoch = 0
@@ -107,6 +115,13 @@ class Batches(Sampler[tuple[int, list[int]]]):
         self.epoch = epoch
 
     def order(self, rng: np.random.Generator) -> np.ndarray:
+        if self.weights is not None and self.groups is not None:
+            shares = np.array([self.weights[g].sum() for g in self.groups])
+            drawn = rng.choice(len(self.groups), size=len(self.groups), p=shares / shares.sum())
+            return np.array([rng.choice(self.groups[k], p=self.weights[self.groups[k]] / shares[k]) for k in drawn],
+                            dtype=np.int64)
+        if self.weights is not None:
+            return rng.choice(self.n, size=self.n, p=self.weights / self.weights.sum())
         if self.groups is not None:
             picks = np.array([rng.choice(g) for g in self.groups], dtype=np.int64)
             return picks[rng.permutation(len(picks))]
@@ -129,11 +144,12 @@ def loader(dataset: Photos, batches: Batches, workers: int, pin_memory: bool = F
                       persistent_workers=workers > 0, collate_fn=batch_as_is)
 
 
-def train_loader(dataset: Photos, batch_size: int, seed: int, workers: int,
-                 persons: np.ndarray | None = None, pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches (or one photo per person when `persons` is given); a last partial batch is dropped.
-    Call `loader.batch_sampler.set_epoch(epoch)` before each epoch."""
-    batches = Batches(len(dataset), batch_size, seed, shuffle=True, persons=persons, drop_last=True)
+def train_loader(dataset: Photos, batch_size: int, seed: int, workers: int, persons: np.ndarray | None = None,
+                 pin_memory: bool = False, classes: np.ndarray | None = None) -> DataLoader:
+    """Shuffled batches (or one photo per person when `persons` is given; class-balanced draws when `classes`
+    is: `Batches`); a last partial batch is dropped. Call `loader.batch_sampler.set_epoch(epoch)` before each
+    epoch."""
+    batches = Batches(len(dataset), batch_size, seed, shuffle=True, persons=persons, drop_last=True, classes=classes)
     return loader(dataset, batches, workers, pin_memory)
 
 

@@ -41,16 +41,20 @@ class Device:
 
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device,
-                max_steps: int | None = None, step_ends: list[float] | None = None) -> tuple[float, int, float]:
+                max_steps: int | None = None, step_ends: list[float] | None = None, mix: Callable | None = None,
+                after_step: Callable[[int], None] | None = None) -> tuple[float, int, float]:
     """Train for one pass over the loader (or its first `max_steps` batches); returns (mean loss, steps taken,
     seconds to the end of the first step, loader start included). `step_ends` gets the time.perf_counter() at
-    the end of each step. Raises on a NaN or infinite loss."""
+    the end of each step. mix: CutMix/MixUp of the normalized batch (`mixing.BatchMix`); after_step: called with
+    the step's number after each optimizer step (the EMA's update). Raises on a NaN or infinite loss."""
     model.train()
     total, steps, first_step_s, start = 0.0, 0, 0.0, time.perf_counter()
     for images, labels in loader:
         for group in optimizer.param_groups:
             group["lr"] = lr_of_step(first_step + steps)
         x, y = dev.batch(images), labels.to(dev.device, non_blocking=True)
+        if mix is not None:
+            x, y = mix(x, y)
         with dev.autocast():
             loss = loss_fn(model(x), y)
         if not torch.isfinite(loss):
@@ -65,6 +69,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
             with dev.autocast():
                 loss_fn(model(x), y).backward()
             sam.descend()
+        if after_step is not None:
+            after_step(first_step + steps + 1)
         total += loss.item()
         steps += 1
         if steps == 1:

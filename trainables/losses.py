@@ -4,6 +4,11 @@
 `all`, three (mask, gender, age) summed for `multi`. A regressing age head (model.age_head: regress) always
 takes `age_regression_loss` (smooth L1 on the scaled age); the loss section (name, label smoothing, gamma,
 class weights) applies to the classifying heads only.
+
+A batch mixed by CutMix or MixUp (`mixing.py`) comes with soft targets, one per head: class probabilities
+with the label smoothing already in them, and a regressing head's mixed age. Cross-entropy and focal take
+them as they are (a class-weighted cross-entropy then averages over the batch, not over the weights); soft
+macro F1 counts each photo's share of a class as a fractional true label of it.
 """
 from __future__ import annotations
 
@@ -16,22 +21,25 @@ from trainables import data
 from trainables.config import LossConfig
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, label_smoothing: float = 0.0,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Focal loss (Lin et al. 2017) over a smoothed target: sum_c -q_c (1 - p_c)^gamma log p_c, mean over the batch."""
-    n_classes = logits.shape[1]
+def smoothed_one_hot(target: torch.Tensor, n_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(N,) class ids as (N, n_classes) probabilities: 1 - s + s / n on the class, s / n elsewhere."""
+    return F.one_hot(target.long(), n_classes).float() * (1 - label_smoothing) + label_smoothing / n_classes
+
+
+def focal_loss(logits: torch.Tensor, q: torch.Tensor, gamma: float, weight: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) over target probabilities q (N, C): sum_c -q_c (1 - p_c)^gamma log p_c, mean
+    over the batch."""
     log_p = F.log_softmax(logits.float(), dim=1)
-    q = F.one_hot(target, n_classes).float() * (1 - label_smoothing) + label_smoothing / n_classes
     per_class = -q * (1 - log_p.exp()).pow(gamma) * log_p
     if weight is not None:
         per_class = per_class * weight.view(1, -1)
     return per_class.sum(dim=1).mean()
 
 
-def soft_f1_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """1 - macro F1 computed on softmax probabilities (differentiable)."""
+def soft_f1_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - macro F1 computed on softmax probabilities (differentiable) against target probabilities y (N, C)."""
     p = F.softmax(logits.float(), dim=1)
-    y = F.one_hot(target, logits.shape[1]).float()
     tp = (p * y).sum(0)
     f1 = 2 * tp / (p.sum(0) + y.sum(0) + eps)
     return 1 - f1.mean()
@@ -66,20 +74,27 @@ class TaskLoss(nn.Module):
             balanced = cfg.class_weights == "balanced" and not self.regress[i]
             self.register_buffer(f"weight{i}", balanced_weights(labels[:, i], n) if balanced else None)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target.reshape(len(target), -1)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """target: the labels (`data.targets`), or a mixed batch's soft targets, one tensor per head."""
+        if isinstance(target, torch.Tensor):
+            target = target.reshape(len(target), -1)
+            target = [target[:, i] for i in range(target.shape[1])]
         total = logits.new_zeros((), dtype=torch.float32)
         for i, part in enumerate(logits.split(self.heads, dim=1)):
             if self.regress[i]:
-                total = total + age_regression_loss(part[:, 0], target[:, i])
+                total = total + age_regression_loss(part[:, 0], target[i])
             else:
-                total = total + self._one(part, target[:, i], getattr(self, f"weight{i}"))
+                total = total + self._one(part, target[i], getattr(self, f"weight{i}"))
         return total
 
     def _one(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        cfg = self.cfg
+        """One classifying head's loss, for class ids (N,) or soft targets (N, C) that hold their smoothing."""
+        cfg, soft = self.cfg, target.ndim == 2
         if cfg.name == "cross_entropy":
-            return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=cfg.label_smoothing)
+            return F.cross_entropy(logits.float(), target, weight=weight,
+                                   label_smoothing=0.0 if soft else cfg.label_smoothing)
+        q = target if soft else smoothed_one_hot(target, logits.shape[1], cfg.label_smoothing if cfg.name == "focal"
+                                                 else 0.0)
         if cfg.name == "focal":
-            return focal_loss(logits, target, cfg.gamma, cfg.label_smoothing, weight)
-        return soft_f1_loss(logits, target)
+            return focal_loss(logits, q, cfg.gamma, weight)
+        return soft_f1_loss(logits, q)

@@ -4,6 +4,11 @@ SAM (Foret et al. 2021, "Sharpness-Aware Minimization") needs two forward/backwa
 training step in `loop.py` writes them out: `sam.ascend()` after the first backward moves the weights to
 the worst case within radius rho, `sam.descend()` after the second restores them and steps the base
 optimizer with the gradient taken there.
+
+Weight decay goes to the weights of convolutions and linear layers only: biases, norm weights (every 1-D
+parameter) and what the model names in its own `no_weight_decay()` (a ViT's position embedding) are not
+decayed, as timm's training does (`timm.optim.param_groups_weight_decay`); `optimizer.decay_norm_and_bias`
+decays everything.
 """
 from __future__ import annotations
 
@@ -11,17 +16,27 @@ import math
 from collections.abc import Iterable
 
 import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
 
 from trainables.config import OptimizerConfig, ScheduleConfig
 
 
-def base_optimizer(name: str, params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
+    """The model's trainable parameters in groups of their weight decay (see the module's docstring)."""
+    if cfg.decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+
+
+def base_optimizer(name: str, params: Iterable[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimizer over parameter groups that carry their own weight decay."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.AdamW(params, lr=cfg.lr)
 
 
 class SAM:
@@ -50,9 +65,9 @@ class SAM:
         self.optimizer.step()
 
 
-def make_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]
-                   ) -> tuple[torch.optim.Optimizer, SAM | None]:
-    """The optimizer that owns the parameters, and the SAM wrapper when cfg.name is sam."""
+def make_optimizer(cfg: OptimizerConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, SAM | None]:
+    """The optimizer that owns the model's parameters, and the SAM wrapper when cfg.name is sam."""
+    params = param_groups(model, cfg)
     if cfg.name == "sam":
         optimizer = base_optimizer(cfg.base, params, cfg)
         return optimizer, SAM(optimizer, cfg.rho)

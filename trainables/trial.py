@@ -3,7 +3,8 @@
 `Trial` knows nothing of Ray or MLflow: `trainable.py` drives it inside a Ray Tune trial, and the export
 reloads what `save` wrote. A checkpoint folder holds
 
-    model.safetensors   the weights (no pickle)
+    model.safetensors   the weights that are scored and exported (no pickle): with train.ema, their average
+    trained.safetensors with train.ema: the trained weights the average follows (a resume goes on from them)
     trainer.pt          optimizer state and step count (tensors only; loaded with weights_only)
     config.json         the trial's full resolved config
     metrics.json        the metrics of the epoch it was taken after
@@ -18,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
+from timm.utils import ModelEmaV3
 
 from trainables import cache, data, metrics
 from trainables.config import TrialConfig
 from trainables.loader import CachedPhotos, DecodedPhotos, Photos, eval_loader, train_loader
 from trainables.loop import Device, pick_device, predict, train_epoch
 from trainables.losses import TaskLoss
+from trainables.mixing import batch_mix
 from trainables.models import build_model, normalization
 from trainables.optim import lr_at, make_optimizer
 from trainables.transforms import eval_transform, train_transform
@@ -81,7 +84,14 @@ class Trial:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.model.compile else self.model
         self.loss_fn = TaskLoss(cfg.loss, cfg.task, self.train_labels, cfg.model.age_head).to(self.dev.device)
-        self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model.parameters())
+        self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model)
+        smoothing = cfg.loss.label_smoothing if cfg.loss.name != "f1" else 0.0
+        self.mix = batch_mix(cfg.augment, data.heads(cfg.task, cfg.model.age_head), cfg.model.age_head == "regress",
+                             smoothing)
+        # with train.ema, the average of the weights is the model: validated, saved as model.safetensors, exported
+        self.ema = ModelEmaV3(self.model, decay=cfg.train.ema, use_warmup=True) if cfg.train.ema else None
+        self.scored_model = self.ema.module if self.ema is not None else self.model
+        self.scored = self.ema.module if self.ema is not None else self.forward
 
         def photos(index: np.ndarray, transform) -> Photos:
             if images is not None:
@@ -91,7 +101,10 @@ class Trial:
         pin = self.dev.cuda
         train_set = photos(np.flatnonzero(is_train), train_transform(cfg.augment, size, cfg.train.seed))
         persons = table["person"].to_numpy()[is_train] if cfg.data.one_image_per_person else None
-        self.train_loader = train_loader(train_set, cfg.train.batch_size, cfg.train.seed, workers, persons, pin)
+        balanced = cfg.data.sampler == "balanced"
+        classes = data.sampling_classes(table[is_train], cfg.task, cfg.data.age_bounds) if balanced else None
+        self.train_loader = train_loader(train_set, cfg.train.batch_size, cfg.train.seed, workers, persons, pin,
+                                         classes)
         self.val_loader = eval_loader(photos(np.flatnonzero(~is_train), eval_transform(cfg.augment, size)),
                                       cfg.train.batch_size, workers, pin)
         self.epoch, self.step = 0, 0
@@ -106,8 +119,11 @@ class Trial:
         start = time.perf_counter()
         self.train_loader.batch_sampler.set_epoch(self.epoch)  # the epoch's batches depend on its number alone
         lr = self.lr(self.step)
+        if self.mix is not None:  # timm's Mixup draws from numpy's generator: each epoch's mixes from (seed, epoch)
+            np.random.seed([self.cfg.train.seed, self.epoch])
         train_loss, steps, first_step_s = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer,
-                                                      self.sam, self.lr, self.step, self.dev)
+                                                      self.sam, self.lr, self.step, self.dev, mix=self.mix,
+                                                      after_step=self.average)
         self.step += steps
         self.epoch += 1
         result = self.evaluate()
@@ -128,13 +144,14 @@ class Trial:
         warm, steps = 2, max(1, min(steps, len(self.train_loader) - 2))
         ends: list[float] = []
         _, _, first = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
-                                  0, self.dev, max_steps=warm + steps, step_ends=ends)
+                                  0, self.dev, max_steps=warm + steps, step_ends=ends, mix=self.mix,
+                                  after_step=self.average)
         train_step = (ends[-1] - ends[warm - 1]) / (len(ends) - warm) if len(ends) > warm else first
         val_batch = 0.0
         if self.val_persons:
             ends = []
             started = time.perf_counter()
-            predict(self.forward, self.val_loader, self.dev, self.loss_fn, max_batches=4, batch_ends=ends)
+            predict(self.scored, self.val_loader, self.dev, self.loss_fn, max_batches=4, batch_ends=ends)
             val_batch = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
         epoch = train_step * len(self.train_loader) + val_batch * (len(self.val_loader) if self.val_persons else 0)
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
@@ -164,11 +181,16 @@ class Trial:
             return epochs
         return None
 
+    def average(self, step: int) -> None:
+        """After optimizer step `step` (1-based, counted over the whole schedule): the EMA's update, if on."""
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
     def evaluate(self) -> dict:
         """val_f1 (and the other scores) and val_loss on the validation persons (none: {})."""
         if not self.val_persons:
             return {}
-        outputs, labels, val_loss = predict(self.forward, self.val_loader, self.dev, self.loss_fn)
+        outputs, labels, val_loss = predict(self.scored, self.val_loader, self.dev, self.loss_fn)
         self.val_outputs = outputs  # for out-of-fold scores
         if not np.array_equal(labels, self.val_labels):  # the truth below is paired with the outputs by position
             raise RuntimeError("the validation loader did not keep the validation photos in the table's order")
@@ -176,7 +198,9 @@ class Trial:
 
     def save(self, folder: str | Path, result: dict) -> None:
         folder = Path(folder)
-        save_model(self.model, str(folder / "model.safetensors"))
+        save_model(self.scored_model, str(folder / "model.safetensors"))
+        if self.ema is not None:
+            save_model(self.model, str(folder / "trained.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                     "epochs": self.cfg.train.epochs}, folder / "trainer.pt")
         (folder / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=1))
@@ -186,7 +210,9 @@ class Trial:
 
     def load(self, folder: str | Path) -> None:
         folder = Path(folder)
-        load_model(self.model, str(folder / "model.safetensors"), device=str(self.dev.device))
+        load_model(self.scored_model, str(folder / "model.safetensors"), device=str(self.dev.device))
+        if self.ema is not None:
+            load_model(self.model, str(folder / "trained.safetensors"), device=str(self.dev.device))
         state = torch.load(folder / "trainer.pt", map_location=self.dev.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]

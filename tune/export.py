@@ -114,7 +114,7 @@ def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
     from trainables.trial import Trial
 
     trial = Trial(export_config(folder, data_root))
-    load_model(trial.model, str(Path(folder) / "model.safetensors"))
+    load_model(trial.scored_model, str(Path(folder) / "model.safetensors"))
     return trial.evaluate()
 
 

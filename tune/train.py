@@ -63,7 +63,7 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
                   f"({result['epoch_time_s']:.0f} s)", flush=True)
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
-                save_model(trial.model, str(out / "model.safetensors"))
+                save_model(trial.scored_model, str(out / "model.safetensors"))
             if deadline is not None and trial.replan(deadline, time.time() - started):
                 print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
