@@ -365,9 +365,10 @@ BUDGET = pytest.mark.budget
 @BUDGET
 def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path):
     path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
-    # the plan measures the fixed values (32 px); every sampled trial is at 448 px, 196 times the work: its first
-    # epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
-    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [448]}\n"))
+    # the plan measures the fixed values (32 px); every sampled trial is at 1024 px, 1024 times the pixels: its
+    # first epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
+    # (at 448 px, an epoch of 76 s fitted on a host with AVX-512; at 1024 px a step alone takes 20 s there)
+    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [1024]}\n"))
     # 120 s: Ray must start the trials before the budget ends (idle, the checks, Ray's start and the stores' tables
     # take about 36 s on a slow 2-core host)
     done = subprocess.run(tune_cmd("run", str(path), "--data", str(demo_data), "--time-budget", "120s"), cwd=tmp_path,

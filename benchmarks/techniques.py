@@ -1,0 +1,103 @@
+"""What each training technique does to a CPU model on the real faces of ../shared, at a fixed number of epochs.
+
+    .venv/bin/python benchmarks/techniques.py                         (about an hour on 2 cores)
+    .venv/bin/python benchmarks/techniques.py --epochs 4 --persons 0  (every person: hours)
+
+The set-up is `search_spaces/cpu.yaml`'s fixed values (resnet18 from random weights, the face's crop at 64 px,
+light augmentation, cosine with warm-up, AdamW 1e-3) trained by `tune train --epochs N --cpus C` on the first
+--persons persons of make_utkmask.py's training set, then scored by `tune evaluate` on the validation persons
+of its split. Each technique is switched on alone (the baseline has them all off; weight decay's "off" is the
+old way, decaying biases and norm weights too), with --seeds seeds each. Writes
+benchmarks/results/techniques-<device>.json: per technique, each seed's 18-class macro F1, the mean, its gain
+over the baseline's mean, and the mean epoch time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import SHARED, TUNE, device_name, run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TECHNIQUES = {
+    "baseline": [],
+    "decay_norm_and_bias": ["optimizer.decay_norm_and_bias=true"],  # the old way: every weight decayed
+    "mixup": ["augment.mixup=0.2"],
+    "cutmix": ["augment.cutmix=1.0"],
+    "balanced_sampler": ["data.sampler=balanced"],
+    "ema": ["train.ema=0.999"],
+}
+
+
+def train_and_score(data: Path, sets: list[str], epochs: int, cpus: int, out: Path, log: Path, env: dict) -> dict:
+    store = f"sqlite:///{out.parent / 'mlflow.db'}"
+    flags = [a for s in sets for a in ("--set", s)]
+    printed = run(TUNE + ["train", "search_spaces/cpu.yaml", "--data", str(data / "train"), "--epochs", str(epochs),
+                          "--cpus", str(cpus), "--out", str(out), "--tracking-uri", store, *flags], log, ROOT, env)
+    epoch_s = [float(s) for s in re.findall(r"^epoch \d+/\d+: .*\((\d+) s\)$", printed, re.M)]
+    scored = run(TUNE + ["evaluate", "--model", str(out), "--data", str(data / "train"), "--tracking-uri", store],
+                 log, ROOT, env)
+    f1 = float(re.search(r"^macro F1, 18 classes\s+([0-9.]+)$", scored, re.M).group(1))
+    return {"f1_18": f1, "val_f1": json.loads((out / "metrics.json").read_text())["val_f1"], "epoch_s": epoch_s}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--persons", type=int, default=800, help="the first N training persons (0: all)")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=os.cpu_count())
+    p.add_argument("--only", action="append", choices=list(TECHNIQUES), help="these techniques only")
+    p.add_argument("--data", default="/tmp/utkmask", help="where make_utkmask.py's data set is (made if missing)")
+    p.add_argument("--work", help="working folder (default /tmp/techniques-STAMP)")
+    args = p.parse_args()
+    data = Path(args.data)
+    if not (data / "train" / "train.csv").is_file():
+        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
+                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    work = Path(args.work or f"/tmp/techniques-{time.strftime('%Y%m%d-%H%M%S')}")
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TUNE_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    persons = ["--set", f"data.max_persons={args.persons}"] if args.persons else []
+    results_file = ROOT / "benchmarks" / "results" / f"techniques-{device_name()}.json"
+    out = {"device": device_name(), "cpus": args.cpus, "machine": platform.platform(), "epochs": args.epochs,
+           "persons": args.persons or "all", "set_up": "search_spaces/cpu.yaml's fixed values, tune train + tune "
+           "evaluate on the split's validation persons",
+           "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip(), "date": time.strftime("%Y-%m-%d"), "techniques": {}}
+    for name, sets in TECHNIQUES.items():
+        if args.only and name not in args.only and name != "baseline":
+            continue
+        runs = []
+        for seed in range(args.seeds):
+            started = time.monotonic()
+            result = train_and_score(data, [*sets, f"train.seed={seed}", *persons[1::2]], args.epochs, args.cpus,
+                                     work / f"{name}-{seed}", work / f"{name}.log", env)
+            runs.append({**result, "seed": seed, "wall_s": round(time.monotonic() - started)})
+            print(f"{name} seed {seed}: F1 {result['f1_18']:.4f}, epochs {result['epoch_s']} s", flush=True)
+        mean = statistics.mean(r["f1_18"] for r in runs)
+        out["techniques"][name] = {"sets": sets, "runs": runs, "f1_18_mean": round(mean, 4),
+                                   "epoch_s_mean": round(statistics.mean(s for r in runs for s in r["epoch_s"]), 1)}
+    base = out["techniques"]["baseline"]
+    for name, row in out["techniques"].items():
+        row["gain_f1_18"] = round(row["f1_18_mean"] - base["f1_18_mean"], 4)
+        row["epoch_time_ratio"] = round(row["epoch_s_mean"] / base["epoch_s_mean"], 2)
+        print(f"{name:22s} F1 {row['f1_18_mean']:.4f} ({row['gain_f1_18']:+.4f})  epoch {row['epoch_s_mean']:.0f} s "
+              f"(x{row['epoch_time_ratio']})")
+    results_file.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {results_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
