@@ -30,7 +30,7 @@ task: all
 model: {backbone: test_resnet, image_size: 64}
 train: {epochs: 5, batch_size: 16, num_workers: 0}
 space: {optimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}}
-search: {algorithm: random, seed: 0, num_samples: 4, max_concurrent: 2, max_failures: 2}
+search: {algorithm: random, seed: 0, num_samples: 2, max_concurrent: 2, max_failures: 2}  # one on each node
 scheduler: {name: fifo}
 resources: {cpus_per_trial: 1}
 """
@@ -263,7 +263,7 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("tune.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert parent.info.status == "FINISHED" and len(children) == 2
     nodes = set()
     for child in children:  # every trial finished, every epoch logged once, the code Ray shipped
         assert child.data.tags["tune.outcome"] == "finished"
@@ -286,29 +286,30 @@ def test_study_on_two_nodes_with_s3_storage_and_a_tracking_server(cluster, s3, m
     for name in ("model.safetensors", "config.yaml", "metrics.json"):  # byte for byte what was exported
         assert (downloaded / name).read_bytes() == (export / name).read_bytes()
 
-    # the study grows by 2 trials from s3://, its driver is killed mid-round, and --resume restores it from there
+    # the study grows by 2 trials from s3:// (one at a time: one node is left), its driver is killed mid-round,
+    # and --resume restores it from there
     grown = tmp_path / "grown.txt"
     with grown.open("w") as stdout:
-        proc = subprocess.Popen(tune_cmd(*args, "--resume", "--num-samples", "6"), cwd=tmp_path, env=env,
+        proc = subprocess.Popen(tune_cmd(*args, "--resume", "--num-samples", "4"), cwd=tmp_path, env=env,
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and "#5 epoch 2/5" not in grown.read_text() and proc.poll() is None:
+        while time.time() < deadline and "#3 epoch 2/5" not in grown.read_text() and proc.poll() is None:
             time.sleep(0.2)
         assert proc.poll() is None, grown.read_text()[-3000:]  # killed while its round runs
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    assert "has 4 trials: 2 more" in grown.read_text(), grown.read_text()[-3000:]
+    assert "has 2 trials: 2 more" in grown.read_text(), grown.read_text()[-3000:]
     round_trials = {t.data.tags["ray.trial_id"] for t in client.search_runs(
         [experiment.experiment_id], "tags.`tune.role` = 'trial'")} - {c.data.tags["ray.trial_id"] for c in children}
     assert round_trials, "the killed round had started no trial"
     resumed = subprocess.run(tune_cmd(*args, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "study team: restoring its interrupted round (4 trials ended" in resumed.stdout, resumed.stdout
+    assert "study team: restoring its interrupted round (2 trials ended" in resumed.stdout, resumed.stdout
     assert "were running) from s3://studies/runs?" in resumed.stdout
     trials = client.search_runs([experiment.experiment_id], "tags.`tune.role` = 'trial'")
     assert round_trials <= {t.data.tags["ray.trial_id"] for t in trials}  # the killed round's own trials went on
-    assert len(trials) == 6 and {t.data.tags["tune.outcome"] for t in trials} == {"finished"}
+    assert len(trials) == 4 and {t.data.tags["tune.outcome"] for t in trials} == {"finished"}
     for trial in trials:
         assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_f1")] == list(range(1, 6))
     assert not (tmp_path / "mlruns" / "ray").exists()

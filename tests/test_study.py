@@ -213,7 +213,7 @@ def artifact_json(client: MlflowClient, run_id: str, name: str, tmp_path: Path):
 
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(demo_data, tmp_path, monkeypatch, capsys):
-    path = study_file(tmp_path, epochs=3, samples=4, concurrent=1, scheduler="fifo", seed=1,
+    path = study_file(tmp_path, epochs=3, samples=4, concurrent=2, scheduler="fifo", seed=1,
                       lrs="[0.003, 0.03]")
     args = ["run", str(path), "--data", str(demo_data), "--name", "resumable"]
     proc = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
@@ -256,7 +256,7 @@ model: {backbone: test_resnet, image_size: 32}
 train: {epochs: 1, batch_size: 16, num_workers: 0}
 optimizer: {name: adamw}
 space: {optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}
-search: {algorithm: tpe, seed: 3, num_samples: 2, max_concurrent: 1, startup_trials: 1}
+search: {algorithm: tpe, seed: 3, num_samples: 2, max_concurrent: 2, startup_trials: 1}
 scheduler: {name: fifo}
 """)
     run(tmp_path, "run", str(path), "--data", str(demo_data))
