@@ -9,7 +9,11 @@ light augmentation, cosine with warm-up, AdamW 1e-3) trained by `tune train --ep
 of its split. Each technique is switched on alone (the baseline has them all off; weight decay's "off" is the
 old way, decaying biases and norm weights too), with --seeds seeds each. Writes
 benchmarks/results/techniques-<device>.json: per technique, each seed's 18-class macro F1, the mean, its gain
-over the baseline's mean, and the mean epoch time.
+over the baseline's mean, and the mean epoch time. --times-only then times one epoch of each technique, one after
+the other on an otherwise idle machine, into the same file (the epochs of the F1 runs share the machine with
+whatever else runs):
+
+    .venv/bin/python benchmarks/techniques.py --times-only             (about 5 minutes)
 """
 from __future__ import annotations
 
@@ -50,6 +54,27 @@ def train_and_score(data: Path, sets: list[str], epochs: int, cpus: int, out: Pa
     return {"f1_18": f1, "val_f1": json.loads((out / "metrics.json").read_text())["val_f1"], "epoch_s": epoch_s}
 
 
+def time_epochs(results_file: Path, data: Path, cpus: int, persons: list[str], work: Path, env: dict) -> int:
+    """One epoch of each technique of the results file, one after the other: its seconds and its ratio to the
+    baseline's."""
+    out = json.loads(results_file.read_text())
+    for name, row in out["techniques"].items():
+        store, folder = f"sqlite:///{work / 'times.db'}", work / f"time-{name}"
+        flags = [a for s in [*row["sets"], *persons] for a in ("--set", s)]
+        printed = run(TUNE + ["train", "search_spaces/cpu.yaml", "--data", str(data / "train"), "--epochs", "1",
+                              "--cpus", str(cpus), "--out", str(folder), "--tracking-uri", store, *flags],
+                      work / "times.log", ROOT, env)
+        row["epoch_s_alone"] = float(re.search(r"^epoch 1/1: .*\((\d+) s\)$", printed, re.M).group(1))
+    base = out["techniques"]["baseline"]["epoch_s_alone"]
+    for name, row in out["techniques"].items():
+        row["epoch_time_ratio"] = round(row["epoch_s_alone"] / base, 2)
+        print(f"{name:22s} epoch {row['epoch_s_alone']:.0f} s alone (x{row['epoch_time_ratio']})")
+    out["epoch_times_commit"] = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                               capture_output=True, text=True).stdout.strip()
+    results_file.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -59,6 +84,7 @@ def main() -> int:
     p.add_argument("--only", action="append", choices=list(TECHNIQUES), help="these techniques only")
     p.add_argument("--data", default="/tmp/utkmask", help="where make_utkmask.py's data set is (made if missing)")
     p.add_argument("--work", help="working folder (default /tmp/techniques-STAMP)")
+    p.add_argument("--times-only", action="store_true", help="time one epoch of each technique into the results")
     args = p.parse_args()
     data = Path(args.data)
     if not (data / "train" / "train.csv").is_file():
@@ -70,6 +96,8 @@ def main() -> int:
     env.pop("MLFLOW_TRACKING_URI", None)
     persons = ["--set", f"data.max_persons={args.persons}"] if args.persons else []
     results_file = ROOT / "benchmarks" / "results" / f"techniques-{device_name()}.json"
+    if args.times_only:
+        return time_epochs(results_file, data, args.cpus, persons[1::2], work, env)
     out = {"device": device_name(), "cpus": args.cpus, "machine": platform.platform(), "epochs": args.epochs,
            "persons": args.persons or "all", "set_up": "search_spaces/cpu.yaml's fixed values, tune train + tune "
            "evaluate on the split's validation persons",
