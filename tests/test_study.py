@@ -106,9 +106,10 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     printed = done.stdout
     assert "#1 started" in printed and "#6 started" in printed and "epoch 1/4  val_f1 " in printed
     assert "stopped early after epoch" in printed and "finished after epoch 4" in printed
-    assert "failed after epoch 0: FloatingPointError: loss became nan" in printed
+    # lr 1e12: the first step's loss is not finite (inf, or nan where every weight was decayed)
+    assert re.search(r"failed after epoch 0: FloatingPointError: loss became (nan|inf)", printed), printed
     assert "-- 6/6 trials, best val_f1 " in printed
-    assert "lost its process" not in printed and "restarted" not in printed  # a NaN is the trial's own: no retry
+    assert "lost its process" not in printed and "restarted" not in printed  # the loss is the trial's own: no retry
     for noise in ("Checkpoint successfully created", "Trial status", "\u256d", "Traceback", "Token authentication"):
         assert noise not in printed + done.stderr
     assert " ray.tune." in (tmp_path / "mlruns" / "logs" / "it.log").read_text()  # Ray's records went here
@@ -121,7 +122,7 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
                for c in children if "best_val_f1" in c.data.metrics)  # four decimals, not eight
     outcomes = [c.data.tags["tune.outcome"] for c in children]
     assert "stopped_early" in outcomes and "finished" in outcomes  # ASHA stopped some, not all
-    assert "failed" in outcomes  # lr 1e12 makes the loss NaN: that trial fails, the study goes on
+    assert "failed" in outcomes  # lr 1e12 makes the loss non-finite: that trial fails, the study goes on
     assert {c.info.status for c in children if c.data.tags["tune.outcome"] == "failed"} == {"FAILED"}
     finished = next(c for c in children if c.data.tags["tune.outcome"] == "finished")
     history = client.get_metric_history(finished.info.run_id, "val_f1")
