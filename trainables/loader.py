@@ -8,9 +8,9 @@ float on the device.
 
 `Batches` decides each epoch's batches in the main process: the order (shuffled, or one random photo of each
 person with `one_image_per_person`, or drawn class-balanced with `data.sampler: balanced`) and one augmentation
-seed per batch, all drawn from (seed, epoch). So an
-epoch's augmentations are the same whatever the number of loader workers, in a resumed or re-run trial too,
-and the workers can stay alive from one epoch to the next (`persistent_workers`).
+seed per batch, all drawn from (seed, epoch). So an epoch's augmentations are the same whatever the number of
+loader workers, in a resumed or re-run trial too, and the workers can stay alive from one epoch to the next
+(`persistent_workers`).
 """
 from __future__ import annotations
 
