@@ -24,10 +24,9 @@ from trainables.config import OptimizerConfig, ScheduleConfig
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     """The model's trainable parameters in groups of their weight decay (see the module's docstring)."""
-    if cfg.decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    return param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+    spare = not cfg.decay_norm_and_bias
+    skip = model.no_weight_decay() if spare and hasattr(model, "no_weight_decay") else ()
+    return param_groups_weight_decay(model, cfg.weight_decay, weight_decay_exclude_1d=spare, no_weight_decay_list=skip)
 
 
 def base_optimizer(name: str, params: Iterable[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
