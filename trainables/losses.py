@@ -68,6 +68,7 @@ class TaskLoss(nn.Module):
         super().__init__()
         layout = data.heads(task, age_head)
         self.cfg, self.heads = cfg, list(layout.values())
+        self.smoothing = cfg.label_smoothing if cfg.name != "f1" else 0.0  # cross_entropy and focal only
         self.regress = [name == "age" and age_head == "regress" for name in layout]
         labels = train_labels.reshape(len(train_labels), -1)
         for i, n in enumerate(self.heads):
@@ -91,10 +92,9 @@ class TaskLoss(nn.Module):
         """One classifying head's loss, for class ids (N,) or soft targets (N, C) that hold their smoothing."""
         cfg, soft = self.cfg, target.ndim == 2
         if cfg.name == "cross_entropy":
-            return F.cross_entropy(logits.float(), target, weight=weight,
-                                   label_smoothing=0.0 if soft else cfg.label_smoothing)
-        q = target if soft else smoothed_one_hot(target, logits.shape[1], cfg.label_smoothing if cfg.name == "focal"
-                                                 else 0.0)
+            smoothing = 0.0 if soft else self.smoothing
+            return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=smoothing)
+        q = target if soft else smoothed_one_hot(target, logits.shape[1], self.smoothing)
         if cfg.name == "focal":
             return focal_loss(logits, q, cfg.gamma, weight)
         return soft_f1_loss(logits, q)

@@ -85,9 +85,8 @@ class Trial:
         self.forward = torch.compile(self.model) if cfg.model.compile else self.model
         self.loss_fn = TaskLoss(cfg.loss, cfg.task, self.train_labels, cfg.model.age_head).to(self.dev.device)
         self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model)
-        smoothing = cfg.loss.label_smoothing if cfg.loss.name != "f1" else 0.0
         self.mix = batch_mix(cfg.augment, data.heads(cfg.task, cfg.model.age_head), cfg.model.age_head == "regress",
-                             smoothing)
+                             self.loss_fn.smoothing)
         # with train.ema, the average of the weights is the model: validated, saved as model.safetensors, exported
         self.ema = ModelEmaV3(self.model, decay=cfg.train.ema, use_warmup=True) if cfg.train.ema else None
         self.scored_model = self.ema.module if self.ema is not None else self.model
