@@ -38,6 +38,11 @@ def test_the_submission_commands_load_neither_ray_nor_optuna():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    # nor timm, where nothing trains: a model is built when one is loaded (timm's import took 3.4 s of tune
+    # predict's 10-s start on a 2-core host)
+    code = "import sys, tune.export, tune.ensemble, tune.predict, tune.score; print('timm' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
 
 
 def test_no_import_cycle_between_the_modules_of_tune():

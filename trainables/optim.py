@@ -16,7 +16,6 @@ import math
 from collections.abc import Iterable
 
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from trainables.config import OptimizerConfig, ScheduleConfig
@@ -24,6 +23,8 @@ from trainables.config import OptimizerConfig, ScheduleConfig
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     """The model's trainable parameters in groups of their weight decay (see the module's docstring)."""
+    from timm.optim import param_groups_weight_decay  # imported when training: tune predict needs no timm.optim
+
     spare = not cfg.decay_norm_and_bias
     skip = model.no_weight_decay() if spare and hasattr(model, "no_weight_decay") else ()
     return param_groups_weight_decay(model, cfg.weight_decay, weight_decay_exclude_1d=spare, no_weight_decay_list=skip)
