@@ -134,7 +134,6 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
     path = store.study(study.name)
     if not verbose:
         ray_setup.quiet_logs(LOG_DIR / f"{study.name}.log")
-    tracking.quiet_retries()  # a tracking server that does not answer holds the study back seconds, not minutes
     client = tracking.connect(uri)
     if not resume:  # a new study of a name used before (its Ray folder removed) starts its Optuna study anew
         optuna_store.forget(study.name)
@@ -144,6 +143,9 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
         resolved = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
         parent = tracking.start_study_run(client, study.name, resolved, space.describe(nodes),
                                           settings(study, store) | (plan.params() if plan else {}))
+    # from here on a tracking server that does not answer holds the study back seconds, not minutes (the tracker
+    # retries on its own); the calls above take MLflow's own patience: a server's first answers can be slow
+    tracking.quiet_retries()
     unlogged = LOG_DIR / f"{study.name}.unlogged.json"  # what the tracking server did not take last time
     if unlogged.is_file():  # logged first on --resume; dropped by a new study of the same name
         tracker = StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, study.search.metric,
@@ -234,6 +236,9 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
             search_alg=searcher(study, nodes, done, deadline, plan, say=live.say),
             scheduler=scheduler(study, study_prior(study, nodes, done)), num_samples=search.num_samples - done,
             max_concurrent_trials=search.max_concurrent,
+            # a trial's process (its start and imports: 8 s on an idle 2-core machine, 40 s loaded) serves the
+            # next trial of the same resources: Tune reports synchronously, so a stopped trial ends at its report
+            reuse_actors=True,
             time_budget_s=max(1.0, deadline - time.time()) if deadline else None),
         run_config=tune.RunConfig(
             name=study.name, storage_path=store.root, storage_filesystem=store.fs, callbacks=callbacks,
