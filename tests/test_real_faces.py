@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_study import run, runs_of
+from tests.test_study import here, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ scheduler: {name: fifo}
 
 def test_mask_is_learned_from_real_faces(faces_data, tmp_path):
     (tmp_path / "faces.yaml").write_text(STUDY)
-    run(tmp_path, "run", str(tmp_path / "faces.yaml"), "--data", str(faces_data / "train"))
+    here(tmp_path, "run", str(tmp_path / "faces.yaml"), "--data", str(faces_data / "train"))
     _, parent, children = runs_of(tmp_path, "faces")
     assert len(children) == 2
     assert parent.data.metrics["best_val_f1"] > 0.6  # chance is about 0.33
