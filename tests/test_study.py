@@ -494,6 +494,23 @@ def epochs_logged(tmp_path: Path, study: str) -> int:
     return sum(len(client.get_metric_history(c.info.run_id, "val_f1")) for c in children)
 
 
+def test_a_trial_run_that_ray_lost_with_its_driver_is_not_a_trial_of_the_study(tmp_path):
+    from tests.test_report import write_study
+    from tune import tracking
+    from tune.search.tracker import LOST_RUNS, drop_lost_runs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = write_study(client, tmp_path, "lost", [("restored", None, {}, [0.1]), ("earlier", "finished", {}, [0.2]),
+                                                    ("lost", None, {}, [])])
+    ids = {r.data.tags["ray.trial_id"]: r.info.run_id for r in tracking.trial_runs(client, parent)}
+    client.set_terminated(ids["earlier"], "FINISHED")  # a trial of an earlier round: ended, not in the round
+    assert drop_lost_runs(client, parent, {"restored"}) == [ids["lost"]]
+    assert {r.data.tags["ray.trial_id"] for r in tracking.trial_runs(client, parent)} == {"restored", "earlier"}
+    assert client.get_run(ids["lost"]).info.lifecycle_stage == "deleted"
+    assert client.get_run(parent).data.tags[LOST_RUNS] == ids["lost"]
+    assert drop_lost_runs(client, parent, {"restored"}) == []  # once
+
+
 def test_study_interrupted_then_its_driver_killed_resumes_with_every_trial_once(demo_data, tmp_path, monkeypatch,
                                                                                  capsys):
     """Ctrl-C once a trial has finished; then the resumed round's driver killed (SIGKILL, its machine down with
@@ -539,7 +556,11 @@ def test_study_interrupted_then_its_driver_killed_resumes_with_every_trial_once(
     restoring = "study resumable: restoring its interrupted round ("
     assert restoring in resumed and f"from {tmp_path / 'mlruns' / 'ray'}" in resumed, resumed
     client, parent, children = runs_of(tmp_path, "resumable")
-    assert started <= {c.data.tags["ray.trial_id"] for c in children}  # the round's own trials went on
+    from tune.search.tracker import LOST_RUNS
+
+    # the round's own trials went on; a trial Ray started after it last saved the round ran again as a new one
+    lost = {client.get_run(r).data.tags["ray.trial_id"] for r in parent.data.tags.get(LOST_RUNS, "").split(",") if r}
+    assert started - lost <= {c.data.tags["ray.trial_id"] for c in children}
     assert parent.info.status == "FINISHED"
     assert len(children) == 4 and {c.data.tags["tune.outcome"] for c in children} == {"finished"}
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4  # each trial once

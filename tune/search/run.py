@@ -35,7 +35,7 @@ from tune.search import checks, live, optuna_store, private, ray_setup, rungs
 from tune.search.optuna_store import trial_states, trials_done
 from tune.search.ray_setup import LOG_DIR
 from tune.search.searcher import scheduler, searcher, study_prior
-from tune.search.tracker import StudyTracker
+from tune.search.tracker import StudyTracker, drop_lost_runs
 from tune.storage import Storage, resolve
 
 
@@ -192,6 +192,7 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
                 print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
                 return results
             optuna_store.close_orphans(study.name)
+            drop_lost_runs(client, parent, {r.metrics.get("trial_id") for r in results})
         done = trials_done(study.name)
         if resume and done >= search.num_samples:
             print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")

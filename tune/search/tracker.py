@@ -301,3 +301,23 @@ class StudyTracker(tune.Callback):
             self.client.set_tag(self.parent, "tune.best_trial_id", best_row["trial_id"])
             self.client.log_metric(self.parent, f"best_{self.metric}", float(best_row[f"best_{self.metric}"]))
         self.client.set_terminated(self.parent, "FINISHED")
+
+
+LOST_RUNS = "tune.lost_runs"  # on the study's parent run: the trial runs deleted by `drop_lost_runs`
+
+
+def drop_lost_runs(client: MlflowClient, parent: str, restored: set[str]) -> list[str]:
+    """After an interrupted round is finished: a trial run still RUNNING whose trial the restored round does not
+    hold (`restored`: its Ray trial ids) is of a trial that Ray started after it last saved the round, its driver
+    then killed; Ray ran that configuration again as a new trial. Like the Optuna orphans, such runs are not
+    trials of the study: they are deleted (MLflow keeps them as deleted runs), listed on the parent run, and
+    never counted. Returns their run ids."""
+    lost = [run.info.run_id for run in trial_runs(client, parent)
+            if run.info.status == "RUNNING" and run.data.tags.get("ray.trial_id") not in restored]
+    for run_id in lost:
+        client.set_terminated(run_id, "KILLED")
+        client.delete_run(run_id)
+    if lost:
+        earlier = client.get_run(parent).data.tags.get(LOST_RUNS, "")
+        client.set_tag(parent, LOST_RUNS, ",".join(filter(None, [earlier, *lost])))
+    return lost
