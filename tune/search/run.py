@@ -192,7 +192,10 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
                 print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
                 return results
             optuna_store.close_orphans(study.name)
-            drop_lost_runs(client, parent, {r.metrics.get("trial_id") for r in results})
+            try:
+                drop_lost_runs(client, parent, {r.metrics.get("trial_id") for r in results})
+            except (MlflowException, requests.RequestException):  # a tracking server down then: left as they are
+                pass
         done = trials_done(study.name)
         if resume and done >= search.num_samples:
             print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")
