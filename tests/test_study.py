@@ -22,7 +22,7 @@ STUDY = """
 name: it
 task: all
 model: {{backbone: test_resnet, image_size: 32}}
-train: {{epochs: {epochs}, batch_size: 16, num_workers: 0}}
+train: {{epochs: {epochs}, batch_size: 16, num_workers: 0, average_last: {average}}}
 space:
   optimizer:
     choice:
@@ -74,7 +74,8 @@ def here(cwd: Path, *args: str, code: int = 0) -> str:
 
 
 def study_file(tmp_path: Path, **values) -> Path:
-    defaults = dict(epochs=4, seed=0, samples=6, concurrent=2, scheduler="asha", lrs="[0.003, 0.03, 1.0e+12]")
+    defaults = dict(epochs=4, seed=0, samples=6, concurrent=2, scheduler="asha", lrs="[0.003, 0.03, 1.0e+12]",
+                    average="null")
     path = tmp_path / "study.yaml"
     path.write_text(STUDY.format(**(defaults | values)))
     return path
@@ -104,7 +105,7 @@ def finished_trials(tmp_path: Path, study: str) -> set[str]:
 
 
 def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp_path, capsys):
-    done = run(tmp_path, "run", str(study_file(tmp_path)), "--data", str(demo_data))
+    done = run(tmp_path, "run", str(study_file(tmp_path, average=2)), "--data", str(demo_data))
     client, parent, children = runs_of(tmp_path, "it")
     # the terminal shows one line per trial event and a progress line per ended trial, none of Ray's own output
     printed = done.stdout
@@ -131,6 +132,11 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     finished = next(c for c in children if c.data.tags["tune.outcome"] == "finished")
     history = client.get_metric_history(finished.info.run_id, "val_f1")
     assert [m.step for m in history] == [1, 2, 3, 4]
+    # train.average_last 2: the mean of epochs 3 and 4 was scored, and is the model where it scored better
+    ended = finished.data.metrics
+    assert ended["val_f1"] == max(ended["average_val_f1"], ended["last_epoch_val_f1"])
+    assert ended["averaged_epochs"] == (2 if ended["average_val_f1"] > ended["last_epoch_val_f1"] else 0)
+    assert "(the mean of its last" in printed
     assert finished.data.params["optimizer.name"] in ("sgd", "adamw") and finished.data.params["task"] == "all"
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
     assert {"confusion_matrix.png", "per_class_report.json", "config.json"} <= artifacts

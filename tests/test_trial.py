@@ -187,3 +187,39 @@ def test_an_ema_is_what_is_validated_saved_exported_and_resumed(demo_data, tiny_
     again = [resumed.run_epoch() for _ in range(2)]
     assert [r["val_f1"] for r in again] == [r["val_f1"] for r in results[1:]]
     assert [r["val_loss"] for r in again] == pytest.approx([r["val_loss"] for r in results[1:]])
+
+
+def test_the_mean_of_the_last_epochs_is_the_model_only_where_it_scores_better_and_survives_a_resume(
+        demo_data, tiny_config, tmp_path):
+    import torch
+
+    def averaging_trial():
+        return make(demo_data, tiny_config, train={"epochs": 3, "average_last": 2})
+
+    straight, snapshots, results = averaging_trial(), [], []
+    while straight.epoch < 3:
+        result = straight.run_epoch()
+        if straight.epoch >= 2:
+            snapshots.append({k: v.clone() for k, v in straight.scored_model.state_dict().items()})
+        results.append(straight.end_epoch(result))
+    assert "average_val_f1" not in results[1]  # epoch 2 of 3 joins the sum; only the schedule's end is scored
+    end = results[2]
+    mean = {k: (snapshots[0][k] + snapshots[1][k]) / 2 if v.is_floating_point() else v
+            for k, v in snapshots[1].items()}
+    kept = end["average_val_f1"] > end["last_epoch_val_f1"]
+    assert end["averaged_epochs"] == (2 if kept else 0)
+    assert end["val_f1"] == max(end["average_val_f1"], end["last_epoch_val_f1"])
+    expected = mean if kept else snapshots[1]
+    assert all(torch.allclose(v, expected[k]) for k, v in straight.scored_model.state_dict().items())
+    assert straight.evaluate()["val_f1"] == end["val_f1"]  # the model is what its result says
+    straight.scored_model.load_state_dict(snapshots[1])
+    assert straight.evaluate()["val_f1"] == end["last_epoch_val_f1"]
+    # the running sum is in the checkpoint: a trial resumed after epoch 2 ends as the uninterrupted one
+    first = averaging_trial()
+    first.run_epoch()
+    first.save(tmp_path, first.end_epoch(first.run_epoch()))
+    assert (tmp_path / "tail.safetensors").is_file()
+    resumed = averaging_trial()
+    resumed.load(tmp_path)
+    again = resumed.end_epoch(resumed.run_epoch())
+    assert again["average_val_f1"] == end["average_val_f1"] and again["val_f1"] == end["val_f1"]

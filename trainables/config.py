@@ -142,6 +142,9 @@ class TrainConfig(Strict):
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="the decay of an exponential moving average of "
                               "the weights (0.999; timm's ModelEmaV3, warmed up over the first steps): the average "
                               "is what is validated, checkpointed and exported; null: off")
+    average_last: int | None = Field(None, ge=2, description="at the schedule's end, the mean of the weights after "
+                                     "each of its last N epochs, kept in place of the last epoch's when it scores "
+                                     "better on the validation persons (one more validation pass); null: off")
 
 
 class TrialConfig(Strict):

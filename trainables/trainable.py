@@ -43,6 +43,7 @@ def train_trial(config: dict, base: dict, end_by: float | None = None) -> None:
         last = time.time()
         if end_by is not None and trial.replan(end_by, span):
             result["planned_epochs"] = trial.cfg.train.epochs
+        result = trial.end_epoch(result)  # at the schedule's end, with train.average_last: its last epochs' mean
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, {**result, "ray_trial_id": tune.get_context().get_trial_id()})
             result["confusion"] = json.dumps(result["confusion"])

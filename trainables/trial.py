@@ -5,6 +5,7 @@ reloads what `save` wrote. A checkpoint folder holds
 
     model.safetensors   the weights that are scored and exported (no pickle): with train.ema, their average
     trained.safetensors with train.ema: the trained weights the average follows (a resume goes on from them)
+    tail.safetensors    with train.average_last: the running sum of the scored weights over the schedule's last epochs
     trainer.pt          optimizer state and step count (tensors only; loaded with weights_only)
     config.json         the trial's full resolved config
     metrics.json        the metrics of the epoch it was taken after
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from timm.utils import ModelEmaV3
 
 from trainables import cache, data, metrics
@@ -107,6 +108,9 @@ class Trial:
         self.val_loader = eval_loader(photos(np.flatnonzero(~is_train), eval_transform(cfg.augment, size)),
                                       cfg.train.batch_size, workers, pin)
         self.epoch, self.step = 0, 0
+        self.tail: dict[str, torch.Tensor] = {}  # with train.average_last: the sum of the last epochs' weights
+        self.tail_epochs = 0  # how many epochs that sum holds
+        self.val_s = 0.0  # the last validation pass's seconds (the average's pass is reserved in a re-plan)
         self.startup = {"startup_data_s": data_ready - started, "startup_model_s": time.perf_counter() - data_ready}
 
     def lr(self, step: int) -> float:
@@ -171,6 +175,7 @@ class Trial:
         one more epoch fits, the schedule ends now: a trial the budget would cut mid-epoch leaves no model, one
         that ends here leaves this epoch's. Returns the new length, or None when it is unchanged. The learning
         rate follows the new length from the next step on, so it still ends at the trial's last epoch."""
+        end_by -= self.val_s if self.cfg.train.average_last else 0.0  # the average's validation, at the end
         fits = self.epoch + int((end_by - (time.time() if now is None else now)) / max(epoch_s, 1e-9))
         current = self.cfg.train.epochs
         longest = max(current, self.planned) if 3 * self.epoch <= 2 * current else current
@@ -185,11 +190,42 @@ class Trial:
         if self.ema is not None:
             self.ema.update(self.model, step=step)
 
+    def end_epoch(self, result: dict) -> dict:
+        """After an epoch and its re-plan, with train.average_last N: the scored weights join the running sum
+        while the epoch is one of the schedule's last N; at the schedule's end, the mean of those epochs'
+        weights (and batch-norm statistics) is scored on the validation persons and, if its val_f1 is higher,
+        becomes the model (the result is then its scores, with `averaged_epochs`). Either way the result gets
+        `average_val_f1`, and `last_epoch_val_f1` the last epoch's own. Returns the result the epoch ends with."""
+        n = self.cfg.train.average_last
+        if not n or not self.val_persons:
+            return result
+        if self.epoch <= self.cfg.train.epochs - n:  # not yet in the tail (or a re-plan lengthened the schedule)
+            self.tail, self.tail_epochs = {}, 0
+            return result
+        for key, value in self.scored_model.state_dict().items():
+            if value.is_floating_point():
+                self.tail[key] = self.tail[key] + value.detach() if key in self.tail else value.detach().clone()
+        self.tail_epochs += 1
+        if self.epoch < self.cfg.train.epochs or self.tail_epochs < 2:
+            return result
+        last = {key: value.clone() for key, value in self.scored_model.state_dict().items()}
+        last_outputs = self.val_outputs
+        self.scored_model.load_state_dict({**last, **{k: v / self.tail_epochs for k, v in self.tail.items()}})
+        averaged = self.evaluate()
+        scores = {"average_val_f1": averaged["val_f1"], "last_epoch_val_f1": result["val_f1"]}
+        if averaged["val_f1"] > result["val_f1"]:
+            return {**result, **averaged, **scores, "averaged_epochs": self.tail_epochs}
+        self.scored_model.load_state_dict(last)
+        self.val_outputs = last_outputs
+        return {**result, **scores, "averaged_epochs": 0}
+
     def evaluate(self) -> dict:
         """val_f1 (and the other scores) and val_loss on the validation persons (none: {})."""
         if not self.val_persons:
             return {}
+        started = time.perf_counter()
         outputs, labels, val_loss = predict(self.scored, self.val_loader, self.dev, self.loss_fn)
+        self.val_s = time.perf_counter() - started
         self.val_outputs = outputs  # for out-of-fold scores
         if not np.array_equal(labels, self.val_labels):  # the truth below is paired with the outputs by position
             raise RuntimeError("the validation loader did not keep the validation photos in the table's order")
@@ -200,8 +236,10 @@ class Trial:
         save_model(self.scored_model, str(folder / "model.safetensors"))
         if self.ema is not None:
             save_model(self.model, str(folder / "trained.safetensors"))
+        if self.tail:
+            save_file({k: v.contiguous() for k, v in self.tail.items()}, str(folder / "tail.safetensors"))
         torch.save({"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
-                    "epochs": self.cfg.train.epochs}, folder / "trainer.pt")
+                    "epochs": self.cfg.train.epochs, "tail_epochs": self.tail_epochs}, folder / "trainer.pt")
         (folder / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=1))
         (folder / "metrics.json").write_text(json.dumps(result, indent=1))
         if getattr(self, "val_outputs", None) is not None:  # this epoch's validation outputs: for ensembles
@@ -215,4 +253,7 @@ class Trial:
         state = torch.load(folder / "trainer.pt", map_location=self.dev.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.tail_epochs = state.get("tail_epochs", 0)
+        if self.tail_epochs:
+            self.tail = load_file(str(folder / "tail.safetensors"), device=str(self.dev.device))
         self.cfg.train.epochs = state.get("epochs", self.cfg.train.epochs)  # a schedule the time budget shortened

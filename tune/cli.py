@@ -189,15 +189,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         manifest = export_ensemble(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode,
                                    store=store)
-        chosen = ", ".join(f"{m['trial_id']} (epoch {m['epoch']}) x{m['weight']:.2f}" for m in manifest["members"])
+        chosen = ", ".join(f"{m['trial_id']} ({m['weights']}) x{m['weight']:.2f}" for m in manifest["members"])
         print(f"exported an ensemble of {len(manifest['members'])} of {manifest['candidates']} trials of "
               f"{args.study} to {out}: validation F1 {manifest['val_f1']:.4f} (best trial alone "
               f"{manifest['best_member_val_f1']:.4f})\n  {chosen}")
         return 0
-    from tune.export import export_study
+    from tune.export import export_study, weights_held
 
     metrics = export_study(args.study, out, tracking_uri(args.tracking_uri), args.metric, args.mode, store)
-    print(f"exported {args.study} (epoch {metrics.get('epoch')}, {args.metric} {metrics[args.metric]:.4f}) to {out}")
+    print(f"exported {args.study} ({weights_held(metrics)}, {args.metric} {metrics[args.metric]:.4f}) to {out}")
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from trainables import data, outputs
 from trainables.config import TrialConfig, UserError
 from tune import storage
-from tune.export import write_export
+from tune.export import weights_held, write_export
 from tune.outcomes import best_checkpoints
 from tune.storage import Storage
 
@@ -57,7 +57,7 @@ def export_ensemble(study: str, out: Path, uri: str, metric: str = "val_f1", mod
         shutil.copy2(checkpoint / "model.safetensors", folder / "model.safetensors")
         write_export(folder, configs[i], {**metrics, "study": study, "checkpoint": str(checkpoint)}, split)
         members.append({"folder": folder.name, "weight": count / sum(counts), "trial_id": metrics.get("ray_trial_id"),
-                        "epoch": metrics.get("epoch"), metric: metrics.get(metric)})
+                        "epoch": metrics.get("epoch"), "weights": weights_held(metrics), metric: metrics.get(metric)})
     manifest = {"study": study, "task": first.task, "members": members, "val_f1": f1, "best_member_val_f1": best_single,
                 "candidates": len(candidates), "note": "validation macro F1 as tune evaluate scores it"}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))

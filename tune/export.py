@@ -43,6 +43,12 @@ def export_study(study: str, out: Path, uri: str, metric: str = "val_f1", mode: 
     return metrics
 
 
+def weights_held(metrics: dict) -> str:
+    """What a checkpoint's weights are, from its metrics: "epoch 8", or "epochs 6-8 averaged" (train.average_last)."""
+    epoch, averaged = metrics.get("epoch"), int(metrics.get("averaged_epochs") or 0)
+    return f"epochs {epoch - averaged + 1}-{epoch} averaged" if averaged and epoch else f"epoch {epoch}"
+
+
 def write_export(out: Path, config: TrialConfig, metrics: dict, split: tuple[list[str], list[str]]) -> None:
     """An export's files besides its weights: config.yaml, metrics.json, classes.json, split.json."""
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

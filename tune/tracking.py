@@ -24,6 +24,7 @@ STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
            "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_age_mae")
 STARTUP = ("startup_data_s", "startup_model_s", "first_step_s")  # with a trial's first epoch in its process
+AVERAGE = ("average_val_f1", "last_epoch_val_f1", "averaged_epochs")  # train.average_last, at the schedule's end
 
 
 def tracking_uri(uri: str | None = None) -> str:

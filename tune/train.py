@@ -49,23 +49,28 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
         trial.planned = max(trial.planned, longest or 0)  # the plan's length is a measured guess: it may grow
         out.mkdir(parents=True, exist_ok=True)
         while trial.epoch < cfg.train.epochs:
-            if deadline is not None and trial.epoch and time.time() + trial.slowest > deadline:
+            reserve = trial.val_s if cfg.train.average_last else 0.0  # the average's validation at the end
+            if deadline is not None and trial.epoch and time.time() + trial.slowest + reserve > deadline:
                 print(f"stopped after epoch {trial.epoch}: another (about {trial.slowest:.0f} s) would end after "
                       "the time budget", flush=True)
                 break
             started = time.time()
             result = trial.run_epoch()
+            if deadline is not None and trial.replan(deadline, time.time() - started):
+                print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
+            result = trial.end_epoch(result)  # at the schedule's end, with train.average_last: its last epochs' mean
             for key, value in result.items():
                 if isinstance(value, (int, float)):
                     client.log_metric(run_id, key, float(value), step=trial.epoch)
             shown = f"val_f1 {result[METRIC]:.4f}" if METRIC in result else "no validation"
             print(f"epoch {trial.epoch}/{cfg.train.epochs}: train_loss {result['train_loss']:.4f}, {shown} "
                   f"({result['epoch_time_s']:.0f} s)", flush=True)
+            if "average_val_f1" in result:
+                print(f"the mean of the last {trial.tail_epochs} epochs' weights: val_f1 {result['average_val_f1']:.4f}"
+                      f", {'kept' if result['averaged_epochs'] else 'not kept'}", flush=True)
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.scored_model, str(out / "model.safetensors"))
-            if deadline is not None and trial.replan(deadline, time.time() - started):
-                print(f"re-planned: {trial.cfg.train.epochs} epochs end within the time budget", flush=True)
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
         write_export(out, trial.cfg, kept, (trial.train_persons, trial.val_persons))  # its epochs as trained
     except BaseException:

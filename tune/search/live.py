@@ -87,6 +87,10 @@ class LiveView(tune.Callback):
         if epochs != self.planned.setdefault(trial.trial_id, trial.config.get("train.epochs", self.epochs)):
             mark += f"  (re-planned from {self.planned[trial.trial_id]} to {epochs} epochs: it ends within the budget)"
         self.planned[trial.trial_id] = epochs
+        if "average_val_f1" in result:  # train.average_last, at the schedule's end
+            averaged = int(result.get("averaged_epochs") or 0)
+            mark += (f"  (the mean of its last {averaged} epochs' weights)" if averaged else
+                     f"  (the mean of its last epochs scored {result['average_val_f1']:.4f}: not kept)")
         self.say(f"#{number} epoch {epoch}/{epochs}  {self.metric} {value:.4f}  {losses}{seconds}{mark}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
