@@ -1,6 +1,6 @@
 """Does an average of a trial's last epochs' weights score better than its last epoch? (issue 16's final phase)
 
-    .venv/bin/python benchmarks/weight_average.py                  (about 25 minutes per seed on a 2-core AVX2 host)
+    .venv/bin/python benchmarks/weight_average.py                  (about 7 minutes per seed on a 2-core AVX2 host)
     .venv/bin/python benchmarks/weight_average.py --seeds 0 1 --epochs 8 --persons 800
 
 `search_spaces/cpu.yaml`'s fixed values (resnet18 from random weights, the face's crop at 64 px, the balanced
