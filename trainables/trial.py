@@ -175,7 +175,7 @@ class Trial:
         one more epoch fits, the schedule ends now: a trial the budget would cut mid-epoch leaves no model, one
         that ends here leaves this epoch's. Returns the new length, or None when it is unchanged. The learning
         rate follows the new length from the next step on, so it still ends at the trial's last epoch."""
-        end_by -= self.val_s if self.cfg.train.average_last else 0.0  # the average's validation, at the end
+        end_by -= self.end_reserve_s
         fits = self.epoch + int((end_by - (time.time() if now is None else now)) / max(epoch_s, 1e-9))
         current = self.cfg.train.epochs
         longest = max(current, self.planned) if 3 * self.epoch <= 2 * current else current
@@ -189,6 +189,11 @@ class Trial:
         """After optimizer step `step` (1-based, counted over the whole schedule): the EMA's update, if on."""
         if self.ema is not None:
             self.ema.update(self.model, step=step)
+
+    @property
+    def end_reserve_s(self) -> float:
+        """Seconds the schedule's end needs besides its epochs: with train.average_last, the average's validation."""
+        return self.val_s if self.cfg.train.average_last else 0.0
 
     def end_epoch(self, result: dict) -> dict:
         """After an epoch and its re-plan, with train.average_last N: the scored weights join the running sum

@@ -49,8 +49,7 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
         trial.planned = max(trial.planned, longest or 0)  # the plan's length is a measured guess: it may grow
         out.mkdir(parents=True, exist_ok=True)
         while trial.epoch < cfg.train.epochs:
-            reserve = trial.val_s if cfg.train.average_last else 0.0  # the average's validation at the end
-            if deadline is not None and trial.epoch and time.time() + trial.slowest + reserve > deadline:
+            if deadline is not None and trial.epoch and time.time() + trial.slowest + trial.end_reserve_s > deadline:
                 print(f"stopped after epoch {trial.epoch}: another (about {trial.slowest:.0f} s) would end after "
                       "the time budget", flush=True)
                 break
