@@ -464,6 +464,42 @@ def test_asha_never_stops_the_prior_early():
     assert asha.on_trial_result(None, prior, {"training_iteration": 1, "val_f1": 0.1}) == "CONTINUE"  # the prior
 
 
+def test_asha_stops_a_trial_within_a_budget_only_where_one_in_its_place_could_train_as_long(tmp_path, monkeypatch):
+    """The real searcher and scheduler, behind Ray's own wrappers as a Tuner puts them: with 1,000 s left, a new
+    trial of 8 epochs fits at 50 s an epoch (ASHA's stop is kept), not at 200 s (the trial goes on)."""
+    import types
+
+    from ray.tune.experiment import Trial
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from tune import space
+    from tune.config import load_study
+    from tune.search.searcher import scheduler, searcher
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(study_file(tmp_path, epochs=8))
+    study.scheduler.grace_period, study.scheduler.reduction_factor = 1, 2
+    nodes = space.parse_space(study.space, study.trial_base(), "study.yaml")
+    search = searcher(study, nodes, 0, deadline=time.time() + 1000)
+    said = []
+    asha = scheduler(study, prior=None, say=said.append)
+    asha.set_search_properties("val_f1", "max")  # as the Tuner does
+    controller = types.SimpleNamespace(search_alg=SearchGenerator(ConcurrencyLimiter(search, max_concurrent=2)))
+    trials = [Trial("t", config=search.suggest(name), stub=True) for name in "abcd"]
+    for trial in trials:
+        asha.on_trial_add(controller, trial)
+    first = {"training_iteration": 1, "epoch": 1, "planned_epochs": 8}
+    search.on_trial_result("a", first | {"val_f1": 0.9, "time_total_s": 50.0})
+    assert asha.on_trial_result(controller, trials[0], first | {"val_f1": 0.9}) == "CONTINUE"
+    assert asha.on_trial_result(controller, trials[1], first | {"val_f1": 0.1}) == "STOP"  # 19 epochs fit: stopped
+    assert not said
+    search.on_trial_result("c", first | {"val_f1": 0.05, "time_total_s": 200.0})  # the slowest pace: 200 s
+    assert asha.on_trial_result(controller, trials[2], first | {"val_f1": 0.05}) == "CONTINUE"  # 4 fit, of 8
+    assert len(said) == 1 and "would reach 4 of its 8 epochs" in said[0], said
+    shortened = first | {"planned_epochs": 4}  # a trial re-planned to 4 epochs: a trial in its place is as long
+    assert asha.on_trial_result(controller, trials[3], shortened | {"val_f1": 0.04}) == "STOP"
+
+
 def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     import optuna
 

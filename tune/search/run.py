@@ -238,7 +238,8 @@ def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: 
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=study.mode,
             search_alg=searcher(study, nodes, done, deadline, plan, say=live.say),
-            scheduler=scheduler(study, study_prior(study, nodes, done)), num_samples=search.num_samples - done,
+            scheduler=scheduler(study, study_prior(study, nodes, done), say=live.say),
+            num_samples=search.num_samples - done,
             max_concurrent_trials=search.max_concurrent,
             # a trial's process (its start and imports: 8 s on an idle 2-core machine, 40 s loaded) serves the
             # next trial of the same resources: Tune reports synchronously, so a stopped trial ends at its report

@@ -2,7 +2,8 @@
 
 A new study's first trial is its fixed values (its prior), and ASHA never stops it early, so the search is never
 worse than its best guess trained to its end. With a time budget, the searcher starts no trial that would not
-reach its last epoch before the budget ends (`StudySearch`).
+reach its last epoch before the budget ends (`StudySearch`), and ASHA stops no trial whose slot no trial could
+then use as well (`PriorToTheEnd`).
 """
 from __future__ import annotations
 
@@ -82,13 +83,20 @@ class StudySearch(OptunaSearch):
         """What a new trial is expected to take to its last epoch (None: no pace measured or reported yet)."""
         return max(self.pace.values()) * self.max_epochs + self.start_s if self.pace else None
 
+    def epochs_that_fit(self) -> int | None:
+        """The epochs a trial started now would reach before the deadline, at the slowest pace seen (None: no
+        deadline, or no pace measured or reported yet)."""
+        if self.deadline is None or not self.pace:
+            return None
+        return int((self.deadline - time.time() - self.start_s) / max(self.pace.values()))
+
     def suggest(self, trial_id: str):
         needed = self.trial_seconds() if self.deadline is not None else None
         self.suggested[trial_id] = time.time()
         if needed is None or time.time() + needed <= self.deadline:
             return super().suggest(trial_id)
         left = self.deadline - time.time()
-        fits = int((left - self.start_s) / max(self.pace.values()))
+        fits = self.epochs_that_fit()
         if fits < max(1, (self.max_epochs + 1) // 2):
             self.refused = f"a trial takes about {needed:.0f} s and {max(0.0, left):.0f} s of the time budget are left"
             self.say(f"no more trials: {self.refused}")
@@ -129,25 +137,52 @@ class StudySearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 class PriorToTheEnd(ASHAScheduler):
-    """ASHA, except that the study's prior (its fixed values, a new study's first trial) is never stopped early:
-    the study then always holds its best guess trained to its last epoch, and the search is never worse than it."""
+    """ASHA, except where a stop would lose more than it frees:
 
-    def __init__(self, prior: dict | None = None, *, time_attr: str, max_t: int, **kwargs):
+    - the study's prior (its fixed values, a new study's first trial) is never stopped early: the study then always
+      holds its best guess trained to its last epoch, and the search is never worse than it;
+    - within a time budget, a trial is stopped only when a trial started in its place could still train as many
+      epochs as its own schedule before the budget ends (the study's searcher knows the pace and the deadline).
+      Otherwise its slot would go to a shorter schedule, or to nothing: a budget planned so that each slot holds
+      about one full trial keeps the trials it started, and ASHA's stops are for the trials a longer budget holds.
+    """
+
+    say: Callable[[str], None] = print  # a class default: a scheduler saved before it existed is restored without it
+
+    def __init__(self, prior: dict | None = None, *, time_attr: str, max_t: int,
+                 say: Callable[[str], None] = print, **kwargs):
         super().__init__(time_attr=time_attr, max_t=max_t, **kwargs)
-        self.prior, self.time_attr, self.max_t = prior, time_attr, max_t
+        self.prior, self.time_attr, self.max_t, self.say = prior, time_attr, max_t, say
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get(self.time_attr, 0) < self.max_t and self.is_prior(trial.config):
+        if action != self.STOP or result.get(self.time_attr, 0) >= self.max_t:
+            return action
+        if self.is_prior(trial.config):
             return self.CONTINUE  # (ASHA's count of stopped trials, in its debug line, counts it all the same)
+        own = outcomes.planned_epochs(result, trial.config, self.max_t)
+        search = budget_searcher(tune_controller)
+        fits = search.epochs_that_fit() if search else None
+        if fits is not None and fits < own:
+            self.say(f"kept from ASHA's stop at epoch {result.get('epoch')}: a trial started in its place would reach "
+                     f"{max(fits, 0)} of its {own} epochs before the time budget ends  (trial {trial.trial_id})")
+            return self.CONTINUE
         return action
 
     def is_prior(self, config: dict) -> bool:
         return bool(self.prior) and all(space.plain(config.get(k)) == v for k, v in self.prior.items())
 
-def scheduler(study: StudyConfig, prior: dict | None = None):
+def budget_searcher(tune_controller) -> StudySearch | None:
+    """The study's searcher behind Ray's wrappers of it (SearchGenerator, ConcurrencyLimiter), where it plans a
+    time budget (None otherwise)."""
+    search = getattr(tune_controller, "search_alg", None)
+    while search is not None and not isinstance(search, StudySearch):
+        search = getattr(search, "searcher", None)
+    return search if search is not None and search.deadline is not None else None
+
+def scheduler(study: StudyConfig, prior: dict | None = None, say: Callable[[str], None] = print):
     s = study.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
-    return PriorToTheEnd(prior, time_attr="training_iteration", max_t=s.max_t,
+    return PriorToTheEnd(prior, time_attr="training_iteration", max_t=s.max_t, say=say,
                          grace_period=min(s.grace_period, s.max_t), reduction_factor=s.reduction_factor)
