@@ -65,9 +65,13 @@ def test_a_budget_that_holds_not_one_epoch_is_refused(study):
         plan_study(study, 30, cpus=2, measure_at=paces(103, 60))
 
 
-def test_max_epochs_caps_the_plan(study):
-    study.search.max_epochs = 5
-    assert plan_study(study, 2400, cpus=2, measure_at=paces(76, 50)).epochs == 5
+def test_past_max_epochs_a_longer_budget_buys_more_trials_of_equal_length(study):
+    study.search.max_epochs = 12  # the budget holds 2 slots of 31 epochs: 3 trials of 10 each, not 12 + 12 + 7
+    plan = plan_study(study, 2400, cpus=2, measure_at=paces(76, 50))
+    assert (plan.epochs, plan.concurrent) == (int((2400 / 3 - 2) // 76), 2) == (10, 2)
+    assert "3 trials one after the other on each slot (search.max_epochs: 12)" in plan.describe()
+    study.search.max_epochs = 40  # a cap the budget does not reach changes nothing
+    assert plan_study(study, 2400, cpus=2, measure_at=paces(76, 50)).epochs == 31
 
 
 def test_the_plan_reaches_the_trials_and_a_resumed_study_keeps_it(study, tmp_path):

@@ -31,7 +31,8 @@ class SearchConfig(Strict):
     min_epochs: int = Field(4, gt=0, description="with a time budget: the shortest schedule worth comparing trials "
                             "by; a budget that holds less trains the study's fixed values alone, on every CPU")
     max_epochs: int | None = Field(None, gt=0, description="with a time budget: the longest schedule the plan may "
-                                   "give a trial (default: as long as the budget allows)")
+                                   "give a trial (default: as long as the budget allows); a budget that holds "
+                                   "longer trials plans more of them, one after the other, of equal length")
     max_failures: int = Field(2, ge=0, description="retries (from its last checkpoint) of a trial whose process "
                               "died; a trial that fails by itself is not retried")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"

@@ -9,7 +9,8 @@ seconds left:
 - trials at once: as the resources allow (and search.max_concurrent);
 - a trial's length (train.epochs, and ASHA's max_t): the longest schedule that lets the study finish
   at least two full trials (one per slot when two or more run at once, two one after the other otherwise), so
-  a longer budget buys longer trials, and a slower machine shorter ones;
+  a longer budget buys longer trials, and a slower machine shorter ones; up to search.max_epochs, past which a
+  longer budget buys more trials one after the other on each slot, of equal length (not a short remainder);
 - where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
   all of this machine's CPUs, as long as the budget allows;
 - ASHA's first rung (grace_period) stays below the trial's length.
@@ -146,8 +147,12 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
             epochs = epochs_that_fit(seconds, alone, 1)
             note = (f"; the budget holds barely one trial of {search.min_epochs}+ epochs (search.min_epochs): "
                     "the study's fixed values alone, on every CPU")
-    if search.max_epochs:
+    if search.max_epochs and epochs > search.max_epochs:  # the budget holds longer trials than the study wants:
+        while epochs > search.max_epochs and epochs_that_fit(seconds, pace, per_slot + 1) >= 1:
+            per_slot += 1  # more of them, one after the other, each as long as an equal share allows
+            epochs = epochs_that_fit(seconds, pace, per_slot)
         epochs = min(epochs, search.max_epochs)
+        note += f"; {per_slot} trials one after the other on each slot (search.max_epochs: {search.max_epochs})"
     if epochs < 1:
         need = pace.start_s + pace.epoch_s
         raise UserError(f"the time budget leaves {seconds:.0f} s after the checks, and one epoch of the study's "
