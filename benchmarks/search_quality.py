@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from tune.outcomes import planned_epochs
+
 ROOT = Path(__file__).resolve().parent.parent
 TUNE = [sys.executable, "-m", "tune"]
 SHARED = ROOT.parent / "shared"
@@ -138,7 +140,8 @@ def where_time_went(folder: Path, started: float, searched: float) -> dict:
         rows = [r for r in rows if "epoch" in r and "time_total_s" in r]
         if rows:
             cut = (results.parent / "cut_by_time_budget.txt").is_file()
-            own = json.loads((results.parent / "params.json").read_text()).get("train.epochs")  # shortened by budget
+            params = json.loads((results.parent / "params.json").read_text())
+            own = planned_epochs(rows[-1], params, 0)  # its schedule as it last re-planned it, else as it started
             trials[results.parent.name] = (rows[-1]["timestamp"] - rows[-1]["time_total_s"], rows[-1], cut, own)
     if not trials:
         return {}
