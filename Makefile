@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,weights]"
 	@# Ray installs a `tune` script too: ours must be the one in $(BIN).
 	@$(BIN)/tune --help | grep -q "mask/gender/age" || $(PY) -m pip install --quiet --no-deps --force-reinstall -e .
 	touch $@

@@ -74,6 +74,30 @@ def test_user_mistakes(capsys, tmp_path, demo_data):
     assert "no interrupted study" in fails(capsys, "run", study(tmp_path, good), "--data", str(demo_data), "--resume")
 
 
+def test_weights_that_cannot_be_had_or_do_not_fit_are_one_line_before_the_study(capsys, tmp_path, demo_data,
+                                                                                 monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+    from timm import create_model
+
+    from trainables import weights
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as on this machine: no hub
+    monkeypatch.setattr(weights, "LOCAL", {})  # and no package of weights installed
+    space = "space: {optimizer.lr: {loguniform: [1.0e-3, 1.0e-2]}}\n"
+    text = "model: {backbone: efficientnet_lite0, pretrained: true}\n" + space
+    assert "no ImageNet weights for efficientnet_lite0" in fails(capsys, "run", study(tmp_path, text), "--data",
+                                                                 str(demo_data))
+    (tmp_path / "notes.pth").write_text("not weights")
+    text = "model: {backbone: test_resnet, pretrained_file: notes.pth}\n" + space
+    assert "notes.pth is not a weights file" in fails(capsys, "run", study(tmp_path, text), "--data", str(demo_data))
+    save_file(create_model("test_vit").state_dict(), str(tmp_path / "vit.safetensors"))
+    text = "model: {backbone: test_resnet, pretrained_file: vit.safetensors}\n" + space
+    assert "no tensor conv1.0.weight of timm's test_resnet" in fails(capsys, "run", study(tmp_path, text), "--data",
+                                                                     str(demo_data))
+    assert "no tensor conv1.0.weight" in fails(capsys, "train", study(tmp_path, text), "--data", str(demo_data))
+
+
 def test_corrupted_image_is_caught_before_the_study(capsys, tmp_path, demo_data):
     data = tmp_path / "data"
     shutil.copytree(demo_data, data)

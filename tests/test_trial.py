@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from trainables.config import TrialConfig
 from trainables.trial import Trial
@@ -223,3 +224,32 @@ def test_the_mean_of_the_last_epochs_is_the_model_only_where_it_scores_better_an
     resumed.load(tmp_path)
     again = resumed.end_epoch(resumed.run_epoch())
     assert again["average_val_f1"] == end["average_val_f1"] and again["val_f1"] == end["val_f1"]
+
+
+def test_layer_decay_gives_the_backbone_a_lower_lr_than_the_new_head(demo_data, tiny_config):
+    cfg = TrialConfig.model_validate(tiny_config(data={"root": str(demo_data), "max_persons": 20},
+                                                 optimizer={"name": "sgd", "lr": 0.1, "layer_decay": 0.5}))
+    trial = Trial(cfg)
+    trial.run_epoch()
+    lr_of = {id(p): g["lr"] for g in trial.optimizer.param_groups for p in g["params"]}
+    stem, head = trial.model.conv1[0].weight, trial.model.get_classifier().weight
+    assert lr_of[id(head)] == pytest.approx(trial.lr(trial.step - 1))  # the head at the schedule's lr
+    assert lr_of[id(stem)] <= lr_of[id(head)] * 0.5 ** 3  # test_resnet: stem, 4 stages, head: the stem far lower
+    layers = sorted({round(lr, 12) for lr in lr_of.values()})
+    assert len(layers) >= 5
+
+
+def test_head_warmup_trains_the_new_head_alone_then_the_whole_model(demo_data, tiny_config):
+    cfg = TrialConfig.model_validate(tiny_config(data={"root": str(demo_data), "max_persons": 20},
+                                                 train={"head_warmup": 1.0}))
+    trial = Trial(cfg)
+    head = {name for name, _ in trial.model.get_classifier().named_parameters(prefix="fc")}
+    before = {k: v.clone() for k, v in trial.model.state_dict().items()}
+    trial.run_epoch()  # the warm-up: only the head moves; the backbone's weights and norm statistics stay
+    after = trial.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == head, moved
+    frozen = {k: v.clone() for k, v in after.items()}
+    trial.run_epoch()
+    moved = {k for k in frozen if not torch.equal(frozen[k], trial.model.state_dict()[k])}
+    assert "conv1.0.weight" in moved and any(k.endswith("running_mean") for k in moved)

@@ -54,8 +54,12 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     backbone: str = "resnet18"
-    pretrained: bool = Field(False, description="timm's pretrained weights from the Hugging Face hub")
-    pretrained_file: str | None = Field(None, description="a local weights file (offline clusters)")
+    pretrained: bool = Field(False, description="ImageNet weights: timm's hub where it answers, else the package "
+                             "registry's for the backbones it has them for (trainables/weights.py)")
+    pretrained_file: str | None = Field(None, description="a weights file in timm's layout (.safetensors or .pth); "
+                                        "with pretrained: true a trial records here the file it started from")
+    pretrained_sha256: str | None = Field(None, description="the SHA-256 of the weights a trial started from "
+                                          "(recorded by the trial; when set, a different file is refused)")
     image_size: int = Field(224, ge=16, le=1024)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     channels_last: bool = Field(True, description="channels_last memory format on a GPU")
@@ -123,6 +127,10 @@ class OptimizerConfig(Strict):
     decay_norm_and_bias: bool = Field(False, description="decay biases and norm weights too; default: only the "
                                       "weights of convolutions and linear layers (timm's parameter groups)")
     base: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sam: the optimizer it wraps")
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="fine-tuning: layer-wise learning-rate "
+                                      "decay (timm's param_groups_layer_decay): the head learns at lr, each block "
+                                      "before it at this much of the next one's (0.75: the stem at a few percent); "
+                                      "null: one lr for every layer")
 
 
 class ScheduleConfig(Strict):
@@ -142,6 +150,9 @@ class TrainConfig(Strict):
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="the decay of an exponential moving average of "
                               "the weights (0.999; timm's ModelEmaV3, warmed up over the first steps): the average "
                               "is what is validated, checkpointed and exported; null: off")
+    head_warmup: float = Field(0.0, ge=0.0, description="fine-tuning: epochs (a fraction too) at the start that "
+                               "train the new classifier alone, the backbone frozen (its weights and batch-norm "
+                               "statistics); 0: off")
     average_last: int | None = Field(None, ge=2, description="at the schedule's end, the mean of the weights after "
                                      "each of its last N epochs, kept in place of the last epoch's when it scores "
                                      "better on the validation persons (one more validation pass); null: off")

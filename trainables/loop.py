@@ -42,16 +42,23 @@ class Device:
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device,
                 max_steps: int | None = None, step_ends: list[float] | None = None, mix: Callable | None = None,
-                after_step: Callable[[int], None] | None = None) -> tuple[float, int, float]:
+                before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None
+                ) -> tuple[float, int, float]:
     """Train for one pass over the loader (or its first `max_steps` batches); returns (mean loss, steps taken,
     seconds to the end of the first step, loader start included). `step_ends` gets the time.perf_counter() at
-    the end of each step. mix: CutMix/MixUp of the normalized batch (`mixing.BatchMix`); after_step: called with
-    the step's number after each optimizer step (the EMA's update). Raises on a NaN or infinite loss."""
+    the end of each step. mix: CutMix/MixUp of the normalized batch (`mixing.BatchMix`); before_step: called with
+    the step's (0-based) number before it, after the model is set to train (the head warm-up's freezing);
+    after_step: called with the step's number after each optimizer step (the EMA's update). Each parameter
+    group's lr is lr_of_step's times its own `lr_scale` (layer-wise decay), if it has one. Raises on a NaN or
+    infinite loss."""
     model.train()
     total, steps, first_step_s, start = 0.0, 0, 0.0, time.perf_counter()
     for images, labels in loader:
+        lr = lr_of_step(first_step + steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_of_step(first_step + steps)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if before_step is not None:
+            before_step(first_step + steps)
         x, y = dev.batch(images), labels.to(dev.device, non_blocking=True)
         if mix is not None:
             x, y = mix(x, y)

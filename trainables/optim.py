@@ -22,11 +22,15 @@ from trainables.config import OptimizerConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
-    """The model's trainable parameters in groups of their weight decay (see the module's docstring)."""
-    from timm.optim import param_groups_weight_decay  # imported when training: tune predict needs no timm.optim
+    """The model's trainable parameters in groups of their weight decay (see the module's docstring) and, with
+    cfg.layer_decay, of their layer's `lr_scale` (timm's param_groups_layer_decay, from the model's own
+    group_matcher: the head 1, each block before it layer_decay times the next; 1-D parameters never decayed)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay  # tune predict needs no timm.optim
 
     spare = not cfg.decay_norm_and_bias
     skip = model.no_weight_decay() if spare and hasattr(model, "no_weight_decay") else ()
+    if cfg.layer_decay is not None:
+        return param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=skip, layer_decay=cfg.layer_decay)
     return param_groups_weight_decay(model, cfg.weight_decay, weight_decay_exclude_1d=spare, no_weight_decay_list=skip)
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from timm.utils import ModelEmaV3
+from torch import nn
 
-from trainables import cache, data, metrics
+from trainables import cache, data, metrics, weights
 from trainables.config import TrialConfig
 from trainables.loader import CachedPhotos, DecodedPhotos, Photos, eval_loader, train_loader
 from trainables.loop import Device, pick_device, predict, train_epoch
@@ -48,6 +49,7 @@ class Trial:
                  split: tuple[list[str], list[str]] | None = None):
         """cpus: the CPUs this trial may use (threads, loader workers); gpu_share: its part of the GPU's memory;
         split: (train, validation) persons instead of the seeded split of cfg.data (no validation: [])."""
+        cfg.model = weights.with_weights(cfg.model)  # the file it starts from and its hash, in its config
         self.cfg = cfg
         self.planned = cfg.train.epochs  # the schedule as planned: a re-plan shortens it, and may grow it back
         self.slowest = 0.0  # the slowest epoch so far (wall seconds), for `replan`
@@ -86,6 +88,10 @@ class Trial:
         self.forward = torch.compile(self.model) if cfg.model.compile else self.model
         self.loss_fn = TaskLoss(cfg.loss, cfg.task, self.train_labels, cfg.model.age_head).to(self.dev.device)
         self.optimizer, self.sam = make_optimizer(cfg.optimizer, self.model)
+        head = {id(p) for p in self.model.get_classifier().parameters()}  # with train.head_warmup: what trains first
+        self.backbone = [p for p in self.model.parameters() if id(p) not in head and p.requires_grad]
+        self.backbone_norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                               and not any(id(p) in head for p in m.parameters(recurse=False))]
         self.mix = batch_mix(cfg.augment, data.heads(cfg.task, cfg.model.age_head), cfg.model.age_head == "regress",
                              self.loss_fn.smoothing)
         # with train.ema, the average of the weights is the model: validated, saved as model.safetensors, exported
@@ -108,6 +114,8 @@ class Trial:
         self.val_loader = eval_loader(photos(np.flatnonzero(~is_train), eval_transform(cfg.augment, size)),
                                       cfg.train.batch_size, workers, pin)
         self.epoch, self.step = 0, 0
+        self.warmup_steps = round(cfg.train.head_warmup * len(self.train_loader))
+        self.frozen = False  # the backbone, during train.head_warmup
         self.tail: dict[str, torch.Tensor] = {}  # with train.average_last: the sum of the last epochs' weights
         self.tail_epochs = 0  # how many epochs that sum holds
         self.val_s = 0.0  # the last validation pass's seconds (the average's pass is reserved in a re-plan)
@@ -126,7 +134,7 @@ class Trial:
             np.random.seed([self.cfg.train.seed, self.epoch])
         train_loss, steps, first_step_s = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer,
                                                       self.sam, self.lr, self.step, self.dev, mix=self.mix,
-                                                      after_step=self.average)
+                                                      before_step=self.freeze, after_step=self.average)
         self.step += steps
         self.epoch += 1
         result = self.evaluate()
@@ -184,6 +192,18 @@ class Trial:
             self.cfg.train.epochs = epochs
             return epochs
         return None
+
+    def freeze(self, step: int) -> None:
+        """Before training step `step` (0-based, over the whole schedule), with train.head_warmup: during the
+        warm-up the backbone is frozen (no gradient, so the optimizer leaves it as it is; batch norms in eval
+        mode, so their statistics stay too) and the new classifier trains alone; at its end, all of it trains."""
+        frozen = step < self.warmup_steps
+        if frozen or self.frozen:  # each step of the warm-up (model.train() sets every norm training), then once
+            for p in self.backbone:
+                p.requires_grad_(not frozen)
+            for m in self.backbone_norms:
+                m.train(not frozen)
+            self.frozen = frozen
 
     def average(self, step: int) -> None:
         """After optimizer step `step` (1-based, counted over the whole schedule): the EMA's update, if on."""

@@ -99,7 +99,7 @@ def export_config(folder: str | Path, data_root: str | None = None) -> TrialConf
     if not (folder / "config.yaml").is_file() or not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder} is not an export (needs config.yaml and model.safetensors)")
     raw = yaml.safe_load((folder / "config.yaml").read_text())
-    raw["model"].update(pretrained=False, pretrained_file=None)
+    raw["model"].update(pretrained=False, pretrained_file=None, pretrained_sha256=None)  # its own weights
     if data_root:
         raw["data"]["root"] = str(Path(data_root).resolve())
     return TrialConfig.model_validate(raw)

@@ -22,7 +22,9 @@ from safetensors.torch import save_model
 
 from trainables import data, metrics
 from trainables.config import TrialConfig, UserError
+from trainables.models import check_backbone
 from trainables.trial import Trial
+from trainables.weights import with_weights
 from tune import tracking
 from tune.export import write_export
 from tune.plan import plan_training
@@ -85,6 +87,8 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     """Train as asked (split, --full or --folds; a time budget for the first two) and return the summary that
     is printed. With a time budget, the schedule's length (train.epochs at most) is planned from the pace
     measured here, so that it ends within the budget (tune/plan.py)."""
+    check_backbone(cfg.model, download=True)  # timm's hub asked here, once; then the file and its hash recorded
+    cfg = cfg.model_copy(update={"model": with_weights(cfg.model)})
     longest = None  # with a time budget: the config's own train.epochs, which the plan's length may grow to
     deadline = time.time() + time_budget_s if time_budget_s else None
     if deadline is not None and folds is not None:

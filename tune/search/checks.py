@@ -77,11 +77,12 @@ def check_name(name: str, resume: bool, store: Storage) -> None:
         raise UserError(f"study {name!r} exists in {store.shown}: pass --resume to continue it or --name for a new one")
 
 def check_backbones(study: StudyConfig, nodes: list) -> None:
-    """Every backbone the study can use must be one timm knows."""
+    """Every backbone the study can use must be one timm knows, with weights that fit it where it asks for them
+    (timm's hub asked here, once, for pretrained: true: its trials read what this put in the hub's cache)."""
     model = study.trial_defaults().model
     backbones = {model.backbone} | {v for n in _params(nodes) if n.path == "model.backbone" for v in n.values}
     for name in sorted(backbones):
-        check_backbone(model.model_copy(update={"backbone": name}))
+        check_backbone(model.model_copy(update={"backbone": name}), download=True)
 
 def _params(nodes: list):
     for node in nodes:

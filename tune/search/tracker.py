@@ -25,6 +25,7 @@ from ray import tune
 from trainables.config import TRIAL_ERROR, resolve_trial
 from trainables.data import class_names
 from trainables.metrics import per_class_report
+from trainables.weights import with_weights
 from tune import outcomes
 from tune.figures import anytime_figure, confusion_figure
 from tune.tracking import (
@@ -241,7 +242,9 @@ class StudyTracker(tune.Callback):
 
     def _log_start(self, trial_id: str, config: dict) -> None:
         run_id = self._run_of(trial_id, config)
-        resolved = resolve_trial(self.base, config).model_dump(mode="json")
+        trial = resolve_trial(self.base, config)
+        trial.model = with_weights(trial.model)  # the file it starts from, as the trial finds it (checked before)
+        resolved = trial.model_dump(mode="json")
         log_params(self.client, run_id, flatten(resolved))
         self.client.log_dict(run_id, resolved, "config.json")
 
