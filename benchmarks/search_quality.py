@@ -1,10 +1,11 @@
 """Does the search beat the hand recipe at the same wall-clock budget? Both sides on the real faces of ../shared.
 
-    .venv/bin/python benchmarks/search_quality.py --budget 20m            (about 45 minutes on 2 cores)
+    .venv/bin/python benchmarks/search_quality.py --budget 20m            (about 65 minutes on 2 cores)
     .venv/bin/python benchmarks/search_quality.py --budget 40m --side service
 
-(a) recipe: `tune train benchmarks/recipe.yaml --time-budget` (resnet18 at 96 px, Adam 1e-3 constant, the whole
-    photo, flip only) for as many epochs as fit, then `tune predict` on the eval persons;
+(a) recipe: `tune train benchmarks/recipe-pretrained.yaml --time-budget` (efficientnet_lite0 with ImageNet weights
+    at 112 px, Adam 1e-3 constant, the whole photo, flip only; --regime random: recipe.yaml, resnet18 from random
+    weights at 96 px, the earlier results) for as many epochs as fit, then `tune predict` on the eval persons;
 (b) service: `tune run SPACE --time-budget`, then `tune export --ensemble` and `tune predict --tta flip`,
     as a user turns a study into a submission;
 (c) prior: the study file's fixed values trained once, `tune train SPACE --time-budget` on every CPU, then
@@ -13,8 +14,9 @@ Each side starts from an empty photo cache and its own MLflow store (decoding co
 its first command to its submission; both submissions are scored by `tune score` against the hidden answers.
 The part of B left for exporting and predicting (--reserve) is measured on this machine, not a guess.
 
-Writes benchmarks/results/search-quality-<device>.json (-40m.json etc. for other budgets; a side run alone keeps
-the other sides' last numbers at the same budget)
+Writes benchmarks/results/search-quality-pretrained-<device>.json (-40m.json etc. for other budgets; a side run
+alone keeps the other sides' last numbers at the same budget); --regime random: search-quality-<device>.json, the
+random-weights results, with a --space of random weights
 and the commands' logs under --work.
 """
 from __future__ import annotations
@@ -73,10 +75,13 @@ def score(submission: Path, answers: Path, log: Path, cwd: Path, env: dict) -> d
             for key, label in SCORES.items()}
 
 
-def recipe(data: Path, budget: float, reserve: float, work: Path, env: dict) -> dict:
+RECIPES = {"pretrained": "recipe-pretrained.yaml", "random": "recipe.yaml"}  # --regime: the teams' hand recipe
+
+
+def recipe(data: Path, budget: float, reserve: float, work: Path, env: dict, regime: str) -> dict:
     log, out = work / "recipe.log", work / "exports" / "recipe"
     start = time.monotonic()
-    run(TUNE + ["train", str(ROOT / "benchmarks" / "recipe.yaml"), "--data", str(data / "train"), "--out", str(out),
+    run(TUNE + ["train", str(ROOT / "benchmarks" / RECIPES[regime]), "--data", str(data / "train"), "--out", str(out),
                 "--time-budget", f"{budget - reserve:.0f}s"], log, work, env)
     trained = time.monotonic() - start
     run(TUNE + ["predict", "--model", str(out), "--data", str(data / "eval"), "--out", str(work / "recipe.csv")],
@@ -84,7 +89,7 @@ def recipe(data: Path, budget: float, reserve: float, work: Path, env: dict) -> 
     wall = time.monotonic() - start
     metrics = json.loads((out / "metrics.json").read_text())
     return {"wall_s": round(wall, 1), "train_s": round(trained, 1), "reserve_s": reserve,
-            "epochs_trained": _epochs(log),
+            "recipe": RECIPES[regime], "epochs_trained": _epochs(log),
             "kept_epoch": metrics["epoch"], "val_f1": metrics["val_f1"],
             **score(work / "recipe.csv", data / "eval_answers.csv", log, work, env)}
 
@@ -198,6 +203,8 @@ def main() -> int:
     p.add_argument("--budget", default="20m", help="wall-clock budget of each side (default 20m)")
     p.add_argument("--side", choices=["all", "recipe", "service", "prior"], default="all")
     p.add_argument("--space", default="search_spaces/cpu.yaml", help="the service's study file")
+    p.add_argument("--regime", choices=list(RECIPES), default="pretrained",
+                   help="the recipe to beat and the results file (random: the earlier, random-weights results)")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides for the service's study")
     p.add_argument("--reserve-recipe", default="60s", help="part of B kept for predicting (recipe)")
     p.add_argument("--reserve-service", default="45s", help="part of B kept for export and predict (service)")
@@ -212,11 +219,13 @@ def main() -> int:
                         "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
     work = Path(args.work or f"/tmp/search-quality-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = "" if budget == 1200 else f"-{budget / 60:.0f}m"  # the 20-minute run is the benchmark's headline
-    results_file = ROOT / "benchmarks" / "results" / f"search-quality-{device_name()}{suffix}.json"
+    regime = "pretrained-" if args.regime == "pretrained" else ""
+    results_file = ROOT / "benchmarks" / "results" / f"search-quality-{regime}{device_name()}{suffix}.json"
     previous = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if previous.get("budget_s") != budget:
         previous = {}
-    out = {"budget_s": budget, "device": device_name(), "cpus": os.cpu_count(), "machine": platform.platform(),
+    out = {"budget_s": budget, "regime": args.regime, "device": device_name(), "cpus": os.cpu_count(),
+           "machine": platform.platform(),
            "data": "make_utkmask.py defaults, --eval-fraction 0.2: 1,959 training persons, 490 eval persons",
            "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                     text=True).stdout.strip(),
@@ -233,7 +242,7 @@ def main() -> int:
         print(f"{side}: budget {budget:.0f} s, logs in {folder}", flush=True)
         try:
             if side == "recipe":
-                out[side] = recipe(data, budget, parse_duration(args.reserve_recipe), folder, env)
+                out[side] = recipe(data, budget, parse_duration(args.reserve_recipe), folder, env, args.regime)
             elif side == "prior":
                 out[side] = prior(data, budget, parse_duration(args.reserve_prior), args.space, folder, env, args.set)
             else:
