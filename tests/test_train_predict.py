@@ -1,5 +1,6 @@
 """tune train (split, --full, --folds), tune predict and tune evaluate on real faces, tune score on the result."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,20 @@ def test_user_mistakes_end_in_one_line(exports, faces_data, tmp_path, capsys):
     assert main(["predict", "--model", exports["all"], "--data", str(eval_dir), "--batch-size", "0"]) == 2
     assert main(["predict", "--model", str(tmp_path), "--data", str(eval_dir)]) == 2
     assert "is not an export" in capsys.readouterr().err
+    fake = tmp_path / "fake"  # the files an export has, but not an export's
+    fake.mkdir()
+    (fake / "config.yaml").write_text("task: all\n")
+    (fake / "model.safetensors").write_text("not weights")
+    assert main(["predict", "--model", str(fake), "--data", str(eval_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.yaml is not an export's config (no model: section)" in err, err
+    shutil.copy(Path(exports["all"]) / "config.yaml", fake / "config.yaml")
+    assert main(["predict", "--model", str(fake), "--data", str(eval_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.safetensors does not hold the weights of the model" in err, err
+    shutil.copy(Path(exports["mask"]) / "model.safetensors", fake / "model.safetensors")  # another head's size
+    assert main(["predict", "--model", str(fake), "--data", str(eval_dir)]) == 2
+    assert "model.safetensors does not hold the weights" in capsys.readouterr().err
 
 
 def test_full_and_folds(demo_data, store, tmp_path, capsys):

@@ -214,11 +214,18 @@ def sampling_classes(table: pd.DataFrame, task: str, bounds: tuple[int, int]) ->
     return targets(table, "all" if task == "multi" else task, bounds)
 
 
+FACE_MIN_PX = 16  # a photo smaller than this on a side cannot show a face: refused (tune data check warns sooner)
+
+
 def load_image(file: str, size: int, center_crop: tuple[int, int] | None) -> np.ndarray:
-    """Decode one photo, cut its centre (height, width in the photo's pixels) and resize it to size x size."""
+    """Decode one photo, cut its centre (height, width in the photo's pixels) and resize it to size x size.
+    UserError for a photo that does not decode, or one too small to show a face."""
     try:
         with Image.open(file) as img:
             full_w, full_h = img.size
+            if min(full_w, full_h) < FACE_MIN_PX:
+                raise UserError(f"image {file} is {full_w}x{full_h} pixels: too small to be a photo of a face "
+                                f"(at least {FACE_MIN_PX} on each side)")
             crop_h, crop_w = center_crop if center_crop else (full_h, full_w)
             crop_h, crop_w = min(crop_h, full_h), min(crop_w, full_w)
             img.draft("RGB", (full_w * size // crop_w, full_h * size // crop_h))  # JPEG: decode at a lower scale

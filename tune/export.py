@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 from safetensors.torch import load_model
 
 from trainables import data
 from trainables.config import TrialConfig, UserError
+from tune.config import explain
 from tune.outcomes import best_checkpoint
 from tune.storage import Storage
 
@@ -98,11 +100,27 @@ def export_config(folder: str | Path, data_root: str | None = None) -> TrialConf
     folder = Path(folder)
     if not (folder / "config.yaml").is_file() or not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder} is not an export (needs config.yaml and model.safetensors)")
-    raw = yaml.safe_load((folder / "config.yaml").read_text())
-    raw["model"].update(pretrained=False, pretrained_file=None, pretrained_sha256=None)  # its own weights
-    if data_root:
-        raw["data"]["root"] = str(Path(data_root).resolve())
-    return TrialConfig.model_validate(raw)
+    try:
+        raw = yaml.safe_load((folder / "config.yaml").read_text())
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            raise ValueError("no model: section")
+        raw["model"].update(pretrained=False, pretrained_file=None, pretrained_sha256=None)  # its own weights
+        if data_root:
+            raw["data"] = {**(raw.get("data") or {}), "root": str(Path(data_root).resolve())}
+        return TrialConfig.model_validate(raw)
+    except (yaml.YAMLError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        reason = str(e).splitlines()[0] if not isinstance(e, ValidationError) else explain(e, raw)
+        raise UserError(f"{folder / 'config.yaml'} is not an export's config ({reason})") from None
+
+
+def load_export_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """An export's model.safetensors into `model`; UserError for a file that is not the weights of its config."""
+    file = Path(folder) / "model.safetensors"
+    try:
+        load_model(model, str(file))
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors: not a safetensors file, other tensors
+        raise UserError(f"{file} does not hold the weights of the model its config.yaml describes "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:150]})") from None
 
 
 def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
@@ -111,7 +129,7 @@ def load_export(folder: str | Path) -> tuple[TrialConfig, torch.nn.Module]:
 
     config = export_config(folder)
     model = build_model(config.model, data.num_outputs(config.task, config.model.age_head))
-    load_model(model, str(Path(folder) / "model.safetensors"))
+    load_export_weights(model, folder)
     return config, model.eval()
 
 
@@ -120,7 +138,7 @@ def evaluate_export(folder: str | Path, data_root: str | None = None) -> dict:
     from trainables.trial import Trial
 
     trial = Trial(export_config(folder, data_root))
-    load_model(trial.scored_model, str(Path(folder) / "model.safetensors"))
+    load_export_weights(trial.scored_model, folder)
     return trial.evaluate()
 
 
