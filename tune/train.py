@@ -26,7 +26,7 @@ from trainables.models import check_backbone
 from trainables.trial import Trial
 from trainables.weights import with_weights
 from tune import tracking
-from tune.export import write_export
+from tune.export import weights_held, write_export
 from tune.plan import plan_training
 
 METRIC = "val_f1"
@@ -63,16 +63,22 @@ def train_one(cfg: TrialConfig, out: Path, client, experiment: str, cpus: int, s
             for key, value in result.items():
                 if isinstance(value, (int, float)):
                     client.log_metric(run_id, key, float(value), step=trial.epoch)
-            shown = f"val_f1 {result[METRIC]:.4f}" if METRIC in result else "no validation"
+            own = result.get("last_epoch_val_f1", result.get(METRIC))  # the epoch's own weights, not their mean
+            shown = f"val_f1 {own:.4f}" if own is not None else "no validation"
             print(f"epoch {trial.epoch}/{cfg.train.epochs}: train_loss {result['train_loss']:.4f}, {shown} "
                   f"({result['epoch_time_s']:.0f} s)", flush=True)
             if "average_val_f1" in result:
-                print(f"the mean of the last {trial.tail_epochs} epochs' weights: val_f1 {result['average_val_f1']:.4f}"
-                      f", {'kept' if result['averaged_epochs'] else 'not kept'}", flush=True)
+                first = trial.epoch - trial.tail_epochs + 1
+                print(f"the mean of epochs {first}-{trial.epoch}'s weights: val_f1 {result['average_val_f1']:.4f}, "
+                      + (f"better than epoch {trial.epoch}'s: it replaces them" if result["averaged_epochs"] else
+                         f"not better than epoch {trial.epoch}'s: not used"), flush=True)
             if kept is None or keep == "last" or METRIC not in result or result[METRIC] > kept[METRIC]:
                 kept, kept_outputs = result, trial.val_outputs if METRIC in result else None
                 save_model(trial.scored_model, str(out / "model.safetensors"))
         kept = {**kept, "trained_by": "tune train", "kept_epoch": keep, "mlflow_run_id": run_id}
+        if keep == "best" and METRIC in kept:
+            print(f"kept: {weights_held(kept)}, the best on the validation persons (val_f1 {kept[METRIC]:.4f})",
+                  flush=True)
         write_export(out, trial.cfg, kept, (trial.train_persons, trial.val_persons))  # its epochs as trained
     except BaseException:
         client.set_terminated(run_id, "FAILED")
