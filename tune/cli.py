@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return ray_tune_cli(argv)
     args = parser().parse_args(argv)
+    if args.func is not cmd_ui:  # MLflow's INFO records (a new store's tables) stay off the terminal; a study's
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # log file still gets them (ray_setup.quiet_logs)
     try:
         return args.func(args) or 0
     except UserError as e:
@@ -150,6 +152,8 @@ def tool_commands(sub) -> None:
     demo.set_defaults(func=cmd_data_demo)
     check = data_sub.add_parser("check", help="validate a data set in the competition layout")
     check.add_argument("dir")
+    check.add_argument("--image-size", type=int, default=224, help="the model input the photos are for: photos far "
+                       "smaller are named in a warning (default 224)")
     check.set_defaults(func=cmd_data_check)
 
     photos = sub.add_parser("cache", help="the decoded-photo cache shared by the trials on this machine")
@@ -286,7 +290,7 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from tune.data_check import check_data
 
-    return 2 if check_data(args.dir) else 0
+    return 2 if check_data(args.dir, args.image_size) else 0
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
