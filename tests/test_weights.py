@@ -84,6 +84,16 @@ def test_weights_of_another_size_or_architecture_or_none_at_all_are_refused_in_o
         weights.convert_efficientnet_pytorch({"conv1.weight": torch.zeros(1)}, "efficientnet_lite0", text)
 
 
+def test_without_the_package_a_converted_file_carried_into_the_cache_serves(monkeypatch):
+    package = weights.LOCAL["efficientnet_lite0"]
+    converted = weights.local_file("efficientnet_lite0").file  # converted here, with the package
+    monkeypatch.setitem(weights.LOCAL, "efficientnet_lite0", (package[0], "not_installed_here", package[2]))
+    assert weights.local_file("efficientnet_lite0").file == converted  # as on a GPU machine the file was carried to
+    converted.unlink()
+    with pytest.raises(UserError, match="no ImageNet weights for efficientnet_lite0"):
+        weights.resolve(ModelConfig(backbone="efficientnet_lite0", pretrained=True))
+
+
 def test_pretrained_without_hub_or_package_names_what_is_missing_and_a_changed_file_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"no ImageNet weights for resnet18 .*efficientnet_lite0, .*tune-search\["
                                         r"weights\].*pretrained_file"):

@@ -80,6 +80,18 @@ def resolve(cfg: ModelConfig, download: bool = False) -> Weights | None:
     return found
 
 
+def prepare_node(models: list[ModelConfig]) -> str | None:
+    """On one node of a cluster, before its first trial: the weights each model starts from, fetched from the hub
+    or converted from the registry's package there, as the driver did on its own machine (its trials then find
+    them). Returns what went wrong, or None."""
+    try:
+        for cfg in models:
+            resolve(cfg, download=True)
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def with_weights(cfg: ModelConfig, download: bool = False) -> ModelConfig:
     """`cfg` with the file it starts from and its hash filled in (unchanged for random weights)."""
     found = resolve(cfg, download)
@@ -132,14 +144,16 @@ def hub_answers() -> bool:
 
 
 def local_file(backbone: str) -> Weights | None:
-    """The registry package's weights for the backbone, converted into timm's layout once (None: no package)."""
+    """The registry package's weights for the backbone, converted into timm's layout once; without the package,
+    a file converted before (or carried here) in the weights cache. None: neither."""
     if backbone not in LOCAL:
         return None
     package, module, finder = LOCAL[backbone]
     try:
         source = Path(getattr(importlib.import_module(module), finder).get_model_file_path())
     except ImportError:
-        return None
+        converted = sorted(cache_root().glob(f"{backbone}-*.safetensors"))
+        return Weights(converted[-1], sha256(converted[-1]), f"converted from {package}") if converted else None
     out = cache_root() / f"{backbone}-{sha256(source)[:12]}.safetensors"
     if not out.is_file():
         from safetensors.torch import save_file

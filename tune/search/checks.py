@@ -11,7 +11,7 @@ import socket
 
 from ray import tune
 
-from trainables import cache, data
+from trainables import cache, data, weights
 from trainables.config import AugmentConfig, UserError
 from trainables.models import check_backbone
 from tune import space
@@ -79,10 +79,15 @@ def check_name(name: str, resume: bool, store: Storage) -> None:
 def check_backbones(study: StudyConfig, nodes: list) -> None:
     """Every backbone the study can use must be one timm knows, with weights that fit it where it asks for them
     (timm's hub asked here, once, for pretrained: true: its trials read what this put in the hub's cache)."""
+    for model in models(study, nodes):
+        check_backbone(model, download=True)
+
+
+def models(study: StudyConfig, nodes: list) -> list:
+    """The study's model config with each backbone it can use."""
     model = study.trial_defaults().model
     backbones = {model.backbone} | {v for n in _params(nodes) if n.path == "model.backbone" for v in n.values}
-    for name in sorted(backbones):
-        check_backbone(model.model_copy(update={"backbone": name}), download=True)
+    return [model.model_copy(update={"backbone": name}) for name in sorted(backbones)]
 
 def _params(nodes: list):
     for node in nodes:
@@ -107,7 +112,8 @@ def check_address(address: str) -> None:
 
 def check_nodes(study: StudyConfig, nodes: list) -> None:
     """Before the first trial, on every node of the cluster but this one: read the data folder and fill that
-    node's photo cache. UserError naming the node and the folder when a node cannot read it."""
+    node's photo cache, and fetch the pretrained weights its trials start from. UserError naming the node and
+    what it lacks."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -116,13 +122,17 @@ def check_nodes(study: StudyConfig, nodes: list) -> None:
     if not others:
         return
     print(f"checking the data on {len(others)} other node(s) and filling their photo cache", flush=True)
-    task = ray.remote(num_cpus=0)(cache.prepare_node)
-    pending = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-               .remote(study.data.root, study.data.max_persons, decodings(study, nodes) if study.data.cache else [],
-                       study.data.cache_dir) for n in others}
+    photos, fetch = ray.remote(num_cpus=0)(cache.prepare_node), ray.remote(num_cpus=0)(weights.prepare_node)
+    pending = {}
+    for n in others:
+        on = {"scheduling_strategy": NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)}
+        pending[n["NodeID"]] = [
+            photos.options(**on).remote(study.data.root, study.data.max_persons,
+                                        decodings(study, nodes) if study.data.cache else [], study.data.cache_dir),
+            fetch.options(**on).remote(models(study, nodes))]
     for node in others:
         try:
-            error = ray.get(pending[node["NodeID"]])
+            error = next(filter(None, ray.get(pending[node["NodeID"]])), None)
         except ray.exceptions.RayError as e:  # the node went away, or its code could not be set up
             error = str(e).strip().splitlines()[-1]
         if error:
