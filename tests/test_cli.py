@@ -168,6 +168,30 @@ def test_a_file_that_is_not_an_image_is_named(capsys, tmp_path, demo_data):
     assert f"cannot read image {data / 'images' / folder / 'mask3.jpg'}" in err
 
 
+def test_photos_far_smaller_than_the_model_input_are_named_and_one_that_cannot_be_a_face_is_refused(
+        capsys, tmp_path, demo_data):
+    from PIL import Image
+
+    rows = (demo_data / "train.csv").read_text().splitlines()[1:4]
+    data = tmp_path / "data"
+    for row in rows:
+        shutil.copytree(demo_data / "images" / row.split(",")[4], data / "images" / row.split(",")[4])
+    (data / "train.csv").write_text("\n".join([HEADER, *rows]) + "\n")
+    small = data / "images" / rows[0].split(",")[4] / "mask2.jpg"
+    Image.new("RGB", (40, 50)).save(small)
+    assert main(["data", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: 1 photo(s) are far smaller than a model input of 224 px (a side under half of it): {small} " \
+           "(40x50)" in out and "0 problem(s)" in out
+    assert main(["data", "check", str(data), "--image-size", "64"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    Image.new("RGB", (1, 1)).save(small)
+    assert main(["data", "check", str(data)]) == 2
+    assert f"problem: image {small} is 1x1 pixels: too small to be a photo of a face" in capsys.readouterr().out
+    err = fails(capsys, "run", study(tmp_path, GOOD), "--data", str(data))
+    assert f"image {small} is 1x1 pixels" in err
+
+
 def _nothing_listens() -> int:
     import socket
 
