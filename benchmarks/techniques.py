@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/techniques.py                         (about an hour on 2 cores)
     .venv/bin/python benchmarks/techniques.py --epochs 4 --persons 0  (every person: hours)
 
-The set-up is `search_spaces/cpu.yaml`'s fixed values (resnet18 from random weights, the face's crop at 64 px,
-light augmentation, cosine with warm-up, AdamW 1e-3) trained by `tune train --epochs N --cpus C` on the first
---persons persons of make_utkmask.py's training set, then scored by `tune evaluate` on the validation persons
-of its split. Each technique is switched on alone (the baseline has them all off; weight decay's "off" is the
-old way, decaying biases and norm weights too), with --seeds seeds each. Writes
-benchmarks/results/techniques-<device>.json: per technique, each seed's 18-class macro F1, the mean, its gain
-over the baseline's mean, and the mean epoch time. --times-only then times one epoch of each technique, one after
+The set-up is `search_spaces/cpu.yaml`'s fixed values (efficientnet_lite0 with ImageNet weights at 112 px on the
+face's crop, the balanced sampler, light augmentation, cosine with warm-up, AdamW 1e-3, the mean of the last 3
+epochs where it validates better) trained by `tune train --epochs N --cpus C` on the first --persons persons of
+make_utkmask.py's training set, then scored by `tune evaluate` on the validation persons of its split. Each
+technique changes the baseline alone, with --seeds seeds each. Writes
+benchmarks/results/techniques-pretrained-<device>.json (techniques-<device>.json: the earlier results, from
+random weights): per technique, each seed's 18-class macro F1, the mean, its gain over the baseline's mean, and
+the mean epoch time. --times-only then times one epoch of each technique, one after
 the other on an otherwise idle machine, into the same file (the epochs of the F1 runs share the machine with
 whatever else runs):
 
@@ -37,8 +38,11 @@ TECHNIQUES = {
     "decay_norm_and_bias": ["optimizer.decay_norm_and_bias=true"],  # the old way: every weight decayed
     "mixup": ["augment.mixup=0.2"],
     "cutmix": ["augment.cutmix=1.0"],
-    "balanced_sampler": ["data.sampler=balanced"],
+    "shuffle_sampler": ["data.sampler=shuffle"],  # the balanced sampler is the baseline's
     "ema": ["train.ema=0.999"],
+    "layer_decay": ["optimizer.layer_decay=0.75"],  # fine-tuning: the stem learns at a few percent of the head's lr
+    "head_warmup": ["train.head_warmup=0.5"],  # fine-tuning: the new head alone for the first half epoch
+    "lower_lr": ["optimizer.lr=3.0e-4"],
 }
 
 
@@ -95,7 +99,7 @@ def main() -> int:
     env = {**os.environ, "TUNE_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     persons = ["--set", f"data.max_persons={args.persons}"] if args.persons else []
-    results_file = ROOT / "benchmarks" / "results" / f"techniques-{device_name()}.json"
+    results_file = ROOT / "benchmarks" / "results" / f"techniques-pretrained-{device_name()}.json"
     if args.times_only:
         return time_epochs(results_file, data, args.cpus, persons[1::2], work, env)
     out = {"device": device_name(), "cpus": args.cpus, "machine": platform.platform(), "epochs": args.epochs,
