@@ -49,7 +49,6 @@ SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv
 class Weights:
     file: Path
     sha256: str
-    source: str  # "hub", "package NAME" or "file"
 
 
 def cache_root() -> Path:
@@ -64,7 +63,7 @@ def resolve(cfg: ModelConfig, download: bool = False) -> Weights | None:
         file = Path(cfg.pretrained_file)
         if not file.is_file():
             raise UserError(f"model.pretrained_file not found: {file}")
-        found = Weights(file, sha256(file), "file")
+        found = Weights(file, sha256(file))
     elif cfg.pretrained:
         found = hub_file(cfg.backbone, download) or local_file(cfg.backbone)
         if found is None:
@@ -124,7 +123,7 @@ def hub_file(backbone: str, download: bool) -> Weights | None:
             file = Path(hf_hub_download(repo, name, local_files_only=local_only))
         except Exception:  # noqa: BLE001 - not in the cache, or the hub refused: the next source is tried
             continue
-        return Weights(file, sha256(file), "hub")
+        return Weights(file, sha256(file))
     return None
 
 
@@ -148,12 +147,12 @@ def local_file(backbone: str) -> Weights | None:
     a file converted before (or carried here) in the weights cache. None: neither."""
     if backbone not in LOCAL:
         return None
-    package, module, finder = LOCAL[backbone]
+    _, module, finder = LOCAL[backbone]
     try:
         source = Path(getattr(importlib.import_module(module), finder).get_model_file_path())
     except ImportError:
         converted = sorted(cache_root().glob(f"{backbone}-*.safetensors"))
-        return Weights(converted[-1], sha256(converted[-1]), f"converted from {package}") if converted else None
+        return Weights(converted[-1], sha256(converted[-1])) if converted else None
     out = cache_root() / f"{backbone}-{sha256(source)[:12]}.safetensors"
     if not out.is_file():
         from safetensors.torch import save_file
@@ -163,7 +162,7 @@ def local_file(backbone: str) -> Weights | None:
         partial = out.with_name(f".{out.name}.{os.getpid()}")
         save_file(converted, str(partial))
         partial.replace(out)  # atomic: trials converting at once each write a whole file
-    return Weights(out, sha256(out), f"package {package}")
+    return Weights(out, sha256(out))
 
 
 def load_state(file: Path) -> dict[str, torch.Tensor]:
