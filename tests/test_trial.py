@@ -91,11 +91,14 @@ def test_augmentations_do_not_depend_on_the_number_of_loader_workers(demo_data, 
         assert (a == b).all()
 
 
-def test_first_epoch_reports_where_the_start_up_went(demo_data, tiny_config):
+def test_first_epoch_reports_where_the_start_up_went_and_every_epoch_its_stages(demo_data, tiny_config):
     trial = make(demo_data, tiny_config)
     first, second = trial.run_epoch(), trial.run_epoch()
     assert all(first[k] > 0 for k in ("startup_data_s", "startup_model_s", "first_step_s"))
     assert "startup_data_s" not in second
+    for epoch in (first, second):  # training (of which waiting on the loader after its first batch) and validation
+        assert 0 <= epoch["loader_wait_s"] < epoch["train_s"] and epoch["val_s"] > 0
+        assert abs(epoch["train_s"] + epoch["val_s"] - epoch["epoch_time_s"]) < 1e-6
 
 
 def test_a_schedule_shortened_to_fit_a_deadline_still_ends_and_resumes_shortened(demo_data, tiny_config, tmp_path):

@@ -43,17 +43,20 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
                 sam: SAM | None, lr_of_step: Callable[[int], float], first_step: int, dev: Device,
                 max_steps: int | None = None, step_ends: list[float] | None = None, mix: Callable | None = None,
                 before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None
-                ) -> tuple[float, int, float]:
+                ) -> tuple[float, int, float, float]:
     """Train for one pass over the loader (or its first `max_steps` batches); returns (mean loss, steps taken,
-    seconds to the end of the first step, loader start included). `step_ends` gets the time.perf_counter() at
-    the end of each step. mix: CutMix/MixUp of the normalized batch (`mixing.BatchMix`); before_step: called with
-    the step's (0-based) number before it, after the model is set to train (the head warm-up's freezing);
-    after_step: called with the step's number after each optimizer step (the EMA's update). Each parameter
-    group's lr is lr_of_step's times its own `lr_scale` (layer-wise decay), if it has one. Raises on a NaN or
-    infinite loss."""
+    seconds to the end of the first step, loader start included, seconds spent waiting on the loader after it).
+    `step_ends` gets the time.perf_counter() at the end of each step. mix: CutMix/MixUp of the normalized batch
+    (`mixing.BatchMix`); before_step: called with the step's (0-based) number before it, after the model is set
+    to train (the head warm-up's freezing); after_step: called with the step's number after each optimizer step
+    (the EMA's update). Each parameter group's lr is lr_of_step's times its own `lr_scale` (layer-wise decay), if
+    it has one. Raises on a NaN or infinite loss."""
     model.train()
-    total, steps, first_step_s, start = 0.0, 0, 0.0, time.perf_counter()
+    total, steps, first_step_s, wait_s, start = 0.0, 0, 0.0, 0.0, time.perf_counter()
+    step_end = start
     for images, labels in loader:
+        if steps:  # the first batch's wait is the loader's start, in first_step_s
+            wait_s += time.perf_counter() - step_end
         lr = lr_of_step(first_step + steps)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -82,11 +85,12 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimi
         steps += 1
         if steps == 1:
             first_step_s = time.perf_counter() - start
+        step_end = time.perf_counter()
         if step_ends is not None:
-            step_ends.append(time.perf_counter())
+            step_ends.append(step_end)
         if steps == max_steps:
             break
-    return total / max(steps, 1), steps, first_step_s
+    return total / max(steps, 1), steps, first_step_s, wait_s
 
 
 @torch.no_grad()

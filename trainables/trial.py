@@ -132,14 +132,18 @@ class Trial:
         lr = self.lr(self.step)
         if self.mix is not None:  # timm's Mixup draws from numpy's generator: each epoch's mixes from (seed, epoch)
             np.random.seed([self.cfg.train.seed, self.epoch])
-        train_loss, steps, first_step_s = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer,
-                                                      self.sam, self.lr, self.step, self.dev, mix=self.mix,
-                                                      before_step=self.freeze, after_step=self.average)
+        train_loss, steps, first_step_s, wait_s = train_epoch(
+            self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr, self.step, self.dev,
+            mix=self.mix, before_step=self.freeze, after_step=self.average)
         self.step += steps
         self.epoch += 1
+        trained = time.perf_counter()
         result = self.evaluate()
+        ended = time.perf_counter()
+        # where the epoch's seconds went: training (of which waiting on the loader's next batch) and validation
         result.update(epoch=self.epoch, planned_epochs=self.cfg.train.epochs, train_loss=train_loss, lr=lr,
-                      epoch_time_s=time.perf_counter() - start)
+                      epoch_time_s=ended - start, train_s=trained - start, loader_wait_s=wait_s,
+                      val_s=ended - trained)
         if self.dev.cuda:  # what this trial holds of the GPU (trials sharing one keep to their part)
             result["gpu_memory_peak_mb"] = torch.cuda.max_memory_allocated(self.dev.device) / 2**20
         if self.startup:  # the first epoch of this process: where its start-up time went
@@ -154,7 +158,7 @@ class Trial:
         trial that is thrown away."""
         warm, steps = 2, max(1, min(steps, len(self.train_loader) - 2))
         ends: list[float] = []
-        _, _, first = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
+        _, _, first, _ = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
                                   0, self.dev, max_steps=warm + steps, step_ends=ends, mix=self.mix,
                                   after_step=self.average)
         train_step = (ends[-1] - ends[warm - 1]) / (len(ends) - warm) if len(ends) > warm else first

@@ -23,6 +23,7 @@ from trainables.config import UserError
 STORE = Path("mlruns")
 METRICS = ("val_f1", "val_acc", "val_loss", "train_loss", "lr", "epoch_time_s",
            "val_f1_18", "val_f1_mask", "val_f1_gender", "val_f1_age", "val_age_mae")
+STAGES = ("train_s", "loader_wait_s", "val_s")  # where an epoch's seconds went
 STARTUP = ("startup_data_s", "startup_model_s", "first_step_s")  # with a trial's first epoch in its process
 AVERAGE = ("average_val_f1", "last_epoch_val_f1", "averaged_epochs")  # train.average_last, at the schedule's end
 

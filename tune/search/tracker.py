@@ -31,6 +31,7 @@ from tune.figures import anytime_figure, confusion_figure
 from tune.tracking import (
     AVERAGE,
     METRICS,
+    STAGES,
     STARTUP,
     answers,
     flatten,
@@ -123,7 +124,7 @@ class StudyTracker(tune.Callback):
         value, best = result[self.metric], self.best.get(trial.trial_id)
         if best is None or self._better(value, best[self.metric]):
             self.best[trial.trial_id] = {k: result[k] for k in (*METRICS, "epoch", "confusion") if k in result}
-        metrics = {k: float(result[k]) for k in (*METRICS, *STARTUP, *AVERAGE) if k in result}
+        metrics = {k: float(result[k]) for k in (*METRICS, *STAGES, *STARTUP, *AVERAGE) if k in result}
         self._record("result", trial.trial_id, config=trial.config, epoch=int(result["epoch"]), metrics=metrics,
                      at=int(time.time() * 1000), node=result.get("node_id"), code=result.get("code"))
         if not self.anytime or self._better(value, self.anytime[-1][1]):  # anytime performance: the best so far
