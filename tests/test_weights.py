@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -126,7 +127,8 @@ scheduler: {name: fifo}
     export = tmp_path / "exports" / "pre"
     config = (export / "config.yaml").read_text()
     [converted] = weights.cache_root().glob("efficientnet_lite0-*.safetensors")
-    assert f"pretrained_file: {converted}" in config and f"pretrained_sha256: {weights.sha256(converted)}" in config
+    model = yaml.safe_load(config)["model"]
+    assert (model["pretrained_file"], model["pretrained_sha256"]) == (str(converted), weights.sha256(converted)), model
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     trial_id = json.loads((export / "metrics.json").read_text())["ray_trial_id"]
     [run] = client.search_runs([client.get_experiment_by_name("pre").experiment_id],

@@ -21,6 +21,14 @@ LOG_DIR = Path("mlruns") / "logs"  # the driver's log records (Ray, Optuna, MLfl
 LOGGERS = ("ray", "optuna", "mlflow", "alembic", "py.warnings")
 TRAINABLES = Path(__file__).resolve().parents[2] / "trainables"  # the code Ray ships to every node
 _handler: logging.FileHandler | None = None
+# What a study's own Ray on this machine starts with: its processes, the trials' among them, read it from the
+# environment they inherit (a cluster's nodes keep what their `ray start` was given). Ray Tune runs a trial in a
+# thread of its process, and glibc gives such a thread an arena of its own, made of heaps of at most 64 MiB that
+# it hands back to the system and faults in again step after step: one trial on both cores spent 15% more CPU
+# on the same epochs than `tune train`, which trains in the main thread's arena, and its epochs took 1.16 times
+# as long; with one arena for every thread, 0.995 to 1.065 (benchmarks/pace_under_ray.py). A MALLOC_ARENA_MAX
+# of the person's own is kept.
+LOCAL_RAY = {"MALLOC_ARENA_MAX": "1"}
 
 
 def quiet_logs(log_file: Path) -> None:
@@ -52,6 +60,9 @@ def start_ray(store: Storage, address: str | None, verbose: bool) -> None:
     reach: local storage is refused before anything runs."""
     if ray.is_initialized():
         return
+    if not address:  # a Ray of its own: the raylet it starts reads these from the environment
+        for key, value in LOCAL_RAY.items():
+            os.environ.setdefault(key, value)
     runtime_env = {"py_modules": [str(TRAINABLES)], "excludes": ["__pycache__"]}
     # without --address a Ray of its own ("local"), never one that RAY_ADDRESS or an earlier `ray start` left
     ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose,
