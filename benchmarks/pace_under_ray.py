@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_quality import SHARED, device_name  # noqa: E402
+from search_quality import device_name, real_faces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE = [sys.executable, "-m", "tune"]
@@ -278,10 +278,7 @@ def main() -> int:
     p.add_argument("--data", default="/tmp/utkmask", help="where make_utkmask.py's data set is (made if missing)")
     p.add_argument("--work", help="working folder (default /tmp/pace-under-ray-STAMP)")
     args = p.parse_args()
-    data = Path(args.data)
-    if not (data / "train" / "train.csv").is_file():
-        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
-                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    data = real_faces(Path(args.data))
     work = Path(args.work or f"/tmp/pace-under-ray-{time.strftime('%Y%m%d-%H%M%S')}")
     results_file = ROOT / "benchmarks" / "results" / f"pace-under-ray-{device_name()}.json"
     out = json.loads(results_file.read_text()) if results_file.is_file() else {}

@@ -52,6 +52,14 @@ def device_name() -> str:
     return f"cpu-{os.cpu_count()}cores{isa}"
 
 
+def real_faces(data: Path) -> Path:
+    """make_utkmask.py's data set of the real faces in ../shared at `data`, made there first if missing."""
+    if not (data / "train" / "train.csv").is_file():
+        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
+                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    return data
+
+
 class Refused(Exception):
     """A side's command refused the budget as too short (exit code 2): recorded as the side's result."""
 
@@ -213,10 +221,7 @@ def main() -> int:
     p.add_argument("--work", help="working folder (default /tmp/search-quality-STAMP)")
     args = p.parse_args()
     budget = parse_duration(args.budget)
-    data = Path(args.data)
-    if not (data / "train" / "train.csv").is_file():
-        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
-                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    data = real_faces(Path(args.data))
     work = Path(args.work or f"/tmp/search-quality-{time.strftime('%Y%m%d-%H%M%S')}")
     suffix = "" if budget == 1200 else f"-{budget / 60:.0f}m"  # the 20-minute run is the benchmark's headline
     regime = "pretrained-" if args.regime == "pretrained" else ""

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_quality import SHARED, TUNE, device_name, run  # noqa: E402
+from search_quality import TUNE, device_name, real_faces, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TECHNIQUES = {
@@ -90,10 +90,7 @@ def main() -> int:
     p.add_argument("--work", help="working folder (default /tmp/techniques-STAMP)")
     p.add_argument("--times-only", action="store_true", help="time one epoch of each technique into the results")
     args = p.parse_args()
-    data = Path(args.data)
-    if not (data / "train" / "train.csv").is_file():
-        subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(SHARED / "data" /
-                        "utkface-chips"), "--out", str(data), "--eval-fraction", "0.2"], check=True)
+    data = real_faces(Path(args.data))
     work = Path(args.work or f"/tmp/techniques-{time.strftime('%Y%m%d-%H%M%S')}")
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TUNE_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
