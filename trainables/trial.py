@@ -158,9 +158,9 @@ class Trial:
         trial that is thrown away."""
         warm, steps = 2, max(1, min(steps, len(self.train_loader) - 2))
         ends: list[float] = []
-        _, _, first, _ = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr,
-                                  0, self.dev, max_steps=warm + steps, step_ends=ends, mix=self.mix,
-                                  after_step=self.average)
+        _, _, first, _ = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam,
+                                     self.lr, 0, self.dev, max_steps=warm + steps, step_ends=ends, mix=self.mix,
+                                     after_step=self.average)
         train_step = (ends[-1] - ends[warm - 1]) / (len(ends) - warm) if len(ends) > warm else first
         val_batch = 0.0
         if self.val_persons:
