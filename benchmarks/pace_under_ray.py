@@ -38,10 +38,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_quality import device_name, real_faces  # noqa: E402
+from search_quality import TUNE, device_name, real_faces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TUNE = [sys.executable, "-m", "tune"]
 TICK = os.sysconf("SC_CLK_TCK")
 RAY_SCRIPTS = {"dashboard/agent.py": "ray dashboard agent", "runtime_env/agent/main.py": "ray runtime_env agent",
                "log_monitor.py": "ray log monitor", "dashboard/dashboard.py": "ray dashboard",
@@ -51,8 +50,9 @@ RAY_TITLES = {"IDLE": "ray idle worker", "DashboardAgent": "ray dashboard agent"
 
 
 class Sampler(threading.Thread):
-    """Every `interval` seconds, the CPU seconds (user + system) of each process under the given roots, with its
-    parent, command line and niceness: {pid: (ppid, cmdline, [(time, cpu seconds), ...], nice)}."""
+    """Every `interval` seconds, the counters (user seconds, system seconds, minor page faults) of each process
+    under the given roots, with its parent, command line and niceness: {pid: (ppid, cmdline, [(time, counters),
+    ...], nice)}, and of each of its threads, by name."""
 
     def __init__(self, interval: float):
         super().__init__(daemon=True)
@@ -70,13 +70,11 @@ class Sampler(threading.Thread):
             if not entry.name.isdigit():
                 continue
             try:
-                stat = (entry / "stat").read_text()
+                _, ppid, counters, nice = read_stat(entry / "stat")
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-            fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-            table[int(entry.name)] = (int(fields[1]), cmd, (int(fields[11]) / TICK, int(fields[12]) / TICK,
-                                                            int(fields[7])), int(fields[16]))
+            table[int(entry.name)] = (ppid, cmd, counters, nice)
         under = set(self.roots)
         grew = True
         while grew:  # every descendant of a root
@@ -91,12 +89,10 @@ class Sampler(threading.Thread):
             self.seen[pid] = (ppid, cmd or last, samples, nice)
             for task in Path(f"/proc/{pid}/task").glob("*"):  # its threads, by name: compute, or Ray's own
                 try:
-                    name, _, rest = (task / "stat").read_text().partition("(")[2].rpartition(")")
+                    name, _, counters, _ = read_stat(task / "stat")
                 except OSError:
                     continue
-                fields = rest.split()
-                thread = self.threads.setdefault(pid, {}).setdefault(int(task.name), (name, []))
-                thread[1].append((now, (int(fields[11]) + int(fields[12])) / TICK))
+                self.threads.setdefault(pid, {}).setdefault(int(task.name), (name, []))[1].append((now, counters))
 
     def cpu_by_role(self, t0: float, t1: float, trainer_roots: set[int]) -> tuple[dict[str, dict], dict[str, int]]:
         """User and system CPU seconds and minor page faults over [t0, t1] by role (`role`), and each role's
@@ -123,20 +119,22 @@ class Sampler(threading.Thread):
             if not role(pid, ppid, cmd, self.seen, trainer_roots).startswith("trial"):
                 continue
             for name, samples in threads.values():
-                used = cpu_between(samples, t0, t1)
-                names[name] = names.get(name, 0.0) + (used or 0.0)
+                user, system, _ = counted_between(samples, t0, t1) or (0.0, 0.0, 0)
+                names[name] = names.get(name, 0.0) + user + system
         return {k: round(v, 1) for k, v in sorted(names.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
 
-def cpu_between(samples: list[tuple[float, float]], t0: float, t1: float) -> float | None:
-    """CPU seconds used over [t0, t1] from (time, cumulative CPU seconds) samples; all of it for a process or
-    thread that started within the window; None for one that started after it."""
-    used = counted_between([(t, (c,)) for t, c in samples], t0, t1)
-    return used[0] if used else None
+def read_stat(path: Path) -> tuple[str, int, tuple[float, float, int], int]:
+    """A process's or thread's /proc stat: (its name, its parent, (user seconds, system seconds, minor page
+    faults), its niceness)."""
+    name, _, rest = path.read_text().partition("(")[2].rpartition(")")  # the name may hold spaces and brackets
+    fields = rest.split()
+    return name, int(fields[1]), (int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7])), int(fields[16])
 
 
 def counted_between(samples: list[tuple[float, tuple]], t0: float, t1: float) -> tuple | None:
-    """What cumulative counters (time, (counter, ...)) grew by over [t0, t1] (see `cpu_between`)."""
+    """What cumulative counters (time, (counter, ...)) grew by over [t0, t1]: all of it for a process or thread
+    that started within the window; None for one that started after it."""
     before = [c for t, c in samples if t <= t0]
     inside = [c for t, c in samples if t <= t1]
     if not inside:
