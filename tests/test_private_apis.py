@@ -36,3 +36,29 @@ def test_the_optuna_trial_behind_a_ray_trial(tmp_path):
     private.forget_trial(search, "a")
     assert private.optuna_trial(search, "a") is None
     assert optuna.load_study(study_name="s", storage=storage).trials[0].state.name == "RUNNING"  # Optuna not told
+
+
+def test_a_lean_local_ray_leaves_out_both_monitors():
+    from ray._private.parameter import RayParams
+
+    assert RayParams().include_log_monitor is None and RayParams().no_monitor is False  # Ray's defaults
+    with private.lean_local_ray():
+        lean = RayParams(num_cpus=1)
+    assert (lean.include_log_monitor, lean.no_monitor, lean.num_cpus) == (False, True, 1)
+    assert RayParams().include_log_monitor is None  # put back
+
+
+def test_ray_tunes_loop_waits_for_events_as_long_as_it_is_let(monkeypatch):
+    import inspect
+
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert "self._actor_manager.next(timeout=0.1)" in inspect.getsource(TuneController.step)  # the wait lengthened
+    waits = []
+    monkeypatch.setattr(RayActorManager, "next", lambda self, timeout=None: waits.append(timeout) or False)
+    with private.patient_tune_loop(1.0):
+        for timeout in (0.1, None, 5):
+            RayActorManager.next(object(), timeout=timeout)
+    RayActorManager.next(object(), timeout=0.1)
+    assert waits == [1.0, None, 5, 0.1]  # an event still ends a wait at once: ray.wait returns on the first

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
@@ -26,11 +27,27 @@ def test_trials_run_with_one_malloc_arena(monkeypatch, tmp_path):
     ray_setup.start_ray(resolve(), None, verbose=False)
     try:
         assert ray.get(arenas.remote(), timeout=120) == "1"
+        # nobody prints the workers' output: no log monitor polling their files, no autoscaler monitor
+        assert not {"log_monitor.py", "monitor.py"} & ray_scripts(), ray_scripts()
     finally:
         ray.shutdown()
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    ray_setup.start_ray(resolve(), None, verbose=False)
+    ray_setup.start_ray(resolve(), None, verbose=True)
     try:
         assert ray.get(arenas.remote(), timeout=120) == "4"
+        assert "log_monitor.py" in ray_scripts()  # --verbose prints the workers' output: its log monitor runs
     finally:
         ray.shutdown()
+
+
+def ray_scripts() -> set[str]:
+    """The names of the Python scripts this process's children run (Ray's GCS, raylet, monitors ...)."""
+    me, scripts = str(os.getpid()), set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().rpartition(")")[2].split()[1] == me:
+                scripts |= {Path(a).name for a in (proc / "cmdline").read_bytes().decode().split("\0")
+                            if a.endswith(".py")}
+        except OSError:
+            continue
+    return scripts

@@ -7,6 +7,13 @@ alone, and `tests/test_private_apis.py` fails loudly when one of them is no long
   `ray._private.worker.print_to_stdstream`, with no switch to turn it off (`log_to_driver=False` silences the
   workers' output, not these): `redirect_raylet_messages` sends them to a logger for the study's run, and puts
   Ray's function back afterwards.
+- `ray.init` starts a log monitor (which tails every worker's log files ten times a second, for the driver to
+  print) and an autoscaler monitor on a Ray of its own, with no switch to leave them out; a study on one
+  machine that does not print its workers' output needs neither: `lean_local_ray` starts it without them, as
+  `ray.cluster_utils` does through the same parameters.
+- Ray Tune's loop waits at most 0.1 s for an event before it goes round again (`TuneController.step`): ten
+  rounds a second of callbacks and checks while nothing happens, most of the driver's CPU while trials train
+  (py-spy). `patient_tune_loop` lets it wait up to a second; an event still ends the wait at once.
 - Ray's `OptunaSearch` keeps which Optuna trial each Ray trial is (`_ot_trials`) and its Optuna study
   (`_ot_study`) to itself: `optuna_trial` reads them.
 """
@@ -16,7 +23,9 @@ import contextlib
 import logging
 
 import optuna
+import ray._private.parameter as ray_parameter
 import ray._private.worker as ray_worker
+from ray.air.execution._internal.actor_manager import RayActorManager
 from ray.tune.search.optuna import OptunaSearch
 
 
@@ -30,6 +39,38 @@ def redirect_raylet_messages(logger: logging.Logger):
         yield
     finally:
         ray_worker.print_to_stdstream = printed
+
+
+@contextlib.contextmanager
+def lean_local_ray():
+    """While inside: a Ray that `ray.init` starts on this machine starts no log monitor and no autoscaler
+    monitor (its workers' output then stays in their log files, under Ray's session folder)."""
+    init = ray_parameter.RayParams.__init__
+
+    def lean(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.include_log_monitor, self.no_monitor = False, True
+
+    ray_parameter.RayParams.__init__ = lean
+    try:
+        yield
+    finally:
+        ray_parameter.RayParams.__init__ = init
+
+
+@contextlib.contextmanager
+def patient_tune_loop(wait_s: float = 1.0):
+    """While inside: Ray Tune's loop waits up to `wait_s` for its next event (Ray's own wait: 0.1 s)."""
+    wait = RayActorManager.next
+
+    def patient(self, timeout=None):
+        return wait(self, timeout if timeout is None else max(timeout, wait_s))
+
+    RayActorManager.next = patient
+    try:
+        yield
+    finally:
+        RayActorManager.next = wait
 
 
 def optuna_trial(search: OptunaSearch, trial_id: str) -> optuna.trial.FrozenTrial | None:

@@ -50,7 +50,7 @@ def run(study: StudyConfig, where: str, uri: str, resume: bool = False, address:
     store = resolve(study.storage)
     checks.check_name(study.name, resume, store)
     quiet = contextlib.nullcontext() if verbose else private.redirect_raylet_messages(logging.getLogger("ray"))
-    with quiet:
+    with quiet, private.patient_tune_loop():
         if address:  # a cluster: refused before anything runs when its nodes cannot reach the storage
             start_ray(study, store, address, verbose)
         nodes = checks.check_study(study, where, cluster=bool(address))
