@@ -83,3 +83,18 @@ def test_the_plan_reaches_the_trials_and_a_resumed_study_keeps_it(study, tmp_pat
     assert apply_params({k: str(v) for k, v in plan.params().items()}, again)
     assert again.trial_base()["train"]["epochs"] == plan.epochs and again.resources.cpus_per_trial == 1
     assert not apply_params({"storage": "mlruns/ray"}, load_study(tmp_path / "p.yaml"))  # a study run unplanned
+
+
+def test_what_the_heads_warmup_saves_is_planned(study):
+    """An epoch of 190 s does not fit 191 s with a 10-s start at the full pace; its first sixth, the head's
+    warm-up with the backbone frozen, costs 150 s less an epoch, and then it does."""
+    def measure_at(cfg, cpus):
+        return Pace(epoch_s=190, start_s=10, cpus=cpus, head_warmup_saving_s=150,
+                    head_warmup=lambda epochs: min(0.5, epochs / 6))
+
+    plan = plan_study(study, 191, cpus=1, measure_at=measure_at)
+    assert plan.epochs == 1 and "(25 s less in all with the head's warm-up)" in plan.describe()
+    with pytest.raises(UserError, match="one epoch of the study's model takes about 165 s"):
+        plan_study(study, 170, cpus=1, measure_at=measure_at)
+    with pytest.raises(UserError):
+        plan_study(study, 191, cpus=1, measure_at=paces(190, 190, start=10))

@@ -244,7 +244,7 @@ def test_layer_decay_gives_the_backbone_a_lower_lr_than_the_new_head(demo_data, 
 
 def test_head_warmup_trains_the_new_head_alone_then_the_whole_model(demo_data, tiny_config):
     cfg = TrialConfig.model_validate(tiny_config(data={"root": str(demo_data), "max_persons": 20},
-                                                 train={"head_warmup": 1.0}))
+                                                 train={"head_warmup": 1.0, "epochs": 6}))
     trial = Trial(cfg)
     head = {name for name, _ in trial.model.get_classifier().named_parameters(prefix="fc")}
     before = {k: v.clone() for k, v in trial.model.state_dict().items()}
@@ -256,3 +256,19 @@ def test_head_warmup_trains_the_new_head_alone_then_the_whole_model(demo_data, t
     trial.run_epoch()
     moved = {k for k in frozen if not torch.equal(frozen[k], trial.model.state_dict()[k])}
     assert "conv1.0.weight" in moved and any(k.endswith("running_mean") for k in moved)
+
+
+def test_head_warmup_takes_at_most_a_sixth_of_the_schedule_and_its_cheaper_steps_are_measured(demo_data,
+                                                                                              tiny_config):
+    """A schedule the time budget made short keeps most of it for the whole model; the plan counts what the
+    frozen backbone's steps save (no backward pass through it)."""
+    cfg = TrialConfig.model_validate(tiny_config(data={"root": str(demo_data), "max_persons": 40},
+                                                 model={"backbone": "test_resnet", "image_size": 64},
+                                                 train={"head_warmup": 1.0, "epochs": 3}))
+    trial = Trial(cfg)
+    assert trial.warmup_steps == round(len(trial.train_loader) / 2) > 0  # 3 epochs: half an epoch, not one
+    pace = trial.measure_pace(steps=6)
+    assert 0 < pace["head_step_s"] < pace["train_step_s"]
+    assert pace["head_warmup_saving_s"] == pytest.approx((pace["train_step_s"] - pace["head_step_s"])
+                                                         * len(trial.train_loader))
+    assert not trial.frozen and all(p.requires_grad for p in trial.model.parameters())  # measured, then thawed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def median_step(ends: list[float]) -> float:
+    """The median of the seconds between consecutive step ends."""
+    return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 
 class Trial:
@@ -114,7 +120,7 @@ class Trial:
         self.val_loader = eval_loader(photos(np.flatnonzero(~is_train), eval_transform(cfg.augment, size)),
                                       cfg.train.batch_size, workers, pin)
         self.epoch, self.step = 0, 0
-        self.warmup_steps = round(cfg.train.head_warmup * len(self.train_loader))
+        self.warmup_steps = round(cfg.train.head_warmup_epochs() * len(self.train_loader))
         self.frozen = False  # the backbone, during train.head_warmup
         self.tail: dict[str, torch.Tensor] = {}  # with train.average_last: the sum of the last epochs' weights
         self.tail_epochs = 0  # how many epochs that sum holds
@@ -154,14 +160,25 @@ class Trial:
     def measure_pace(self, steps: int = 6) -> dict:
         """What an epoch of this trial costs here, from a few timed steps of one pass (after two untimed ones:
         the loader's start and the first steps' one-off work), and likewise for validation: {"epoch_s": training
-        and validation, "train_step_s", "val_batch_s", "first_step_s"}. The steps train the model: measure on a
+        and validation, "train_step_s", "val_batch_s", "first_step_s", "head_step_s": a step of the head's
+        warm-up, "head_warmup_saving_s": what an epoch of it saves}. The steps train the model: measure on a
         trial that is thrown away."""
         warm, steps = 2, max(1, min(steps, len(self.train_loader) - 2))
         ends: list[float] = []
         _, _, first, _ = train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam,
                                      self.lr, 0, self.dev, max_steps=warm + steps, step_ends=ends, mix=self.mix,
                                      after_step=self.average)
-        train_step = (ends[-1] - ends[warm - 1]) / (len(ends) - warm) if len(ends) > warm else first
+        # the median step: one slow step (the machine busy for a moment) does not make the epoch
+        train_step = median_step(ends[warm - 1:]) if len(ends) > warm else first
+        head_step = train_step
+        if self.cfg.train.head_warmup:  # the head's warm-up: steps with the backbone frozen, for its first epochs
+            ends = []
+            train_epoch(self.forward, self.train_loader, self.loss_fn, self.optimizer, self.sam, self.lr, 0, self.dev,
+                        max_steps=1 + steps // 2, step_ends=ends, mix=self.mix,
+                        before_step=lambda _: self.freeze_backbone(True), after_step=self.average)
+            self.freeze_backbone(False)
+            if len(ends) > 1:
+                head_step = median_step(ends)
         val_batch = 0.0
         if self.val_persons:
             ends = []
@@ -169,8 +186,10 @@ class Trial:
             predict(self.scored, self.val_loader, self.dev, self.loss_fn, max_batches=4, batch_ends=ends)
             val_batch = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - started
         epoch = train_step * len(self.train_loader) + val_batch * (len(self.val_loader) if self.val_persons else 0)
+        # an epoch of the head's warm-up costs this much less (its frozen backbone needs no backward pass)
+        saving = max(0.0, train_step - head_step) * len(self.train_loader)
         return {"epoch_s": epoch, "train_step_s": train_step, "val_batch_s": val_batch,
-                "first_step_s": first}
+                "first_step_s": first, "head_step_s": head_step, "head_warmup_saving_s": saving}
 
     def replan(self, end_by: float, epoch_s: float, margin: float = MARGIN, now: float | None = None) -> int | None:
         """After an epoch that took `epoch_s` wall seconds: fit the schedule to end by `end_by` (time.time(), or
@@ -203,11 +222,14 @@ class Trial:
         mode, so their statistics stay too) and the new classifier trains alone; at its end, all of it trains."""
         frozen = step < self.warmup_steps
         if frozen or self.frozen:  # each step of the warm-up (model.train() sets every norm training), then once
-            for p in self.backbone:
-                p.requires_grad_(not frozen)
-            for m in self.backbone_norms:
-                m.train(not frozen)
-            self.frozen = frozen
+            self.freeze_backbone(frozen)
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        for p in self.backbone:
+            p.requires_grad_(not frozen)
+        for m in self.backbone_norms:
+            m.train(not frozen)
+        self.frozen = frozen
 
     def average(self, step: int) -> None:
         """After optimizer step `step` (1-based, counted over the whole schedule): the EMA's update, if on."""
