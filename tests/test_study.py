@@ -528,6 +528,24 @@ def test_searcher_plans_the_time_budget(tmp_path, monkeypatch):
     assert trials[3].state.name == "COMPLETE" and trials[3].value == 0.4  # the shorter trial reached its last epoch
 
 
+def test_searcher_starts_the_trial_the_plan_fitted_with_its_heads_warmup(tmp_path, monkeypatch):
+    """An epoch of 214 s and a 10-s start do not fit 201 s at the full pace; with the head's warm-up's frozen steps
+    (28 s less) they do: the plan gives the trial its epoch and the searcher starts it (it refused it once)."""
+    from tune import space
+    from tune.config import load_study
+    from tune.plan import Pace, Plan, apply
+    from tune.search.searcher import searcher
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(study_file(tmp_path, epochs=4, scheduler="fifo"))
+    nodes = space.parse_space(study.space, study.trial_base(), "study.yaml")
+    pace = Pace(epoch_s=214, start_s=10, cpus=2, head_warmup_saving_s=168, head_warmup=lambda epochs: epochs / 6)
+    plan = Plan(epochs=1, concurrent=1, cpus_per_trial=2, grace_period=1, pace=pace, seconds=201)
+    apply(plan, study)
+    search = searcher(study, nodes, 0, deadline=time.time() + 201, plan=plan)
+    assert search.trial_seconds() == pytest.approx(196) and search.suggest("a")
+
+
 def epochs_logged(tmp_path: Path, study: str) -> int:
     """How many epochs of the study's trials MLflow holds so far."""
     if not (tmp_path / "mlruns" / "mlflow.db").is_file():

@@ -72,8 +72,8 @@ class StudySearch(OptunaSearch):
              say: Callable[[str], None] = print) -> None:
         self.max_epochs, self.deadline, self.say = max_epochs, deadline, say
         self.pace: dict[str, float] = {}  # Ray trial id -> seconds per epoch since the trial started
-        if plan is not None:  # before any trial reports: the pace measured for the plan
-            self.pace["measured"] = plan.pace.epoch_s
+        if plan is not None:  # before any trial reports: the pace measured for the plan, over a whole trial
+            self.pace["measured"] = (plan.pace.trial_s(max_epochs) - plan.pace.start_s) / max_epochs  # its warm-up
             self.start_s = plan.pace.start_s
         self.epochs: dict[str, int] = {}  # Ray trial id -> its epochs, where the budget shortened it
         self.suggested: dict[str, float] = {}  # Ray trial id -> when it was proposed (time.time())
