@@ -43,6 +43,7 @@ TECHNIQUES = {
     "layer_decay": ["optimizer.layer_decay=0.75"],  # fine-tuning: the stem learns at a few percent of the head's lr
     "head_warmup": ["train.head_warmup=0.5"],  # fine-tuning: the new head alone for the first half epoch
     "lower_lr": ["optimizer.lr=3.0e-4"],
+    "no_average_last": ["train.average_last=null"],  # the baseline keeps the mean of its last 3 epochs where better
 }
 
 
