@@ -160,7 +160,7 @@ class TrainConfig(Strict):
     def head_warmup_epochs(self, epochs: int | None = None) -> float:
         """The head's warm-up in a schedule of `epochs` (default: train.epochs): head_warmup, at most a sixth of it
         (half an epoch of 3 scored +0.010 macro F1, benchmarks/techniques.py; with half of a 1-epoch schedule on
-        the head alone, cpu.yaml's prior validated at 0.409 where the pretrained recipe's epoch reached 0.490)."""
+        the head alone, cpu.yaml's prior validated at 0.409, with a sixth at 0.496: search_quality.py --budget 5m)."""
         return min(self.head_warmup, (self.epochs if epochs is None else epochs) / 6)
 
 
