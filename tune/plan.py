@@ -52,6 +52,11 @@ class Pace:
         """What the head's warm-up saves a trial of `epochs` epochs."""
         return self.head_warmup(epochs) * self.head_warmup_saving_s
 
+    def warmup_note(self, epochs: int) -> str:
+        """What the head's warm-up saves a trial of `epochs` epochs, for the plan's line ("" when under a second)."""
+        saved = self.warmup_saving_s(epochs)
+        return f" ({saved:.0f} s less in all with the head's warm-up)" if saved >= 1 else ""
+
     def trial_s(self, epochs: int) -> float:
         """A trial of `epochs` epochs, its start included."""
         return self.start_s + epochs * self.epoch_s - self.warmup_saving_s(epochs)
@@ -70,8 +75,7 @@ class Plan:
     def describe(self) -> str:
         at_once = "1 trial at a time" if self.concurrent == 1 else f"{self.concurrent} trials at a time"
         pace = f"{self.pace.epoch_s:.1f}" if self.pace.epoch_s < 10 else f"{self.pace.epoch_s:.0f}"
-        saved = self.pace.warmup_saving_s(self.epochs)
-        saved = f" ({saved:.0f} s less in all with the head's warm-up)" if saved >= 1 else ""
+        saved = self.pace.warmup_note(self.epochs)
         return (f"plan: {pace} s an epoch on {self.cpus_per_trial:g} CPU(s){saved}, {self.pace.start_s:.0f} s to "
                 f"start a trial (measured), "
                 f"{self.seconds:.0f} s left: trials of {self.epochs} epochs, {at_once}, first ASHA rung at "

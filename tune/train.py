@@ -105,10 +105,8 @@ def train(cfg: TrialConfig, out: Path, uri: str, experiment: str = "train", full
     every = (sorted(table["person"].unique()), []) if full else None  # --full: every person, no validation
     if deadline is not None:
         epochs, pace = plan_training(cfg, deadline - time.time(), cpus, every)
-        saved = pace.warmup_saving_s(epochs)
-        saved = f" ({saved:.0f} s less in all with the head's warm-up)" if saved >= 1 else ""
-        print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s){saved} (measured): {epochs} of train.epochs "
-              f"{cfg.train.epochs} end within the time budget", flush=True)
+        print(f"plan: {pace.epoch_s:.0f} s an epoch on {cpus} CPU(s){pace.warmup_note(epochs)} (measured): {epochs} "
+              f"of train.epochs {cfg.train.epochs} end within the time budget", flush=True)
         longest = cfg.train.epochs
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     splits = data.fold_persons(table, cfg.data, folds) if folds is not None else None  # checks K first
