@@ -31,6 +31,17 @@ def checkout_untouched(tmp_path_factory):
     assert not changed, f"the tests changed the checkout's mlruns/ or exports/: {changed[:5]}"
 
 
+@pytest.fixture(autouse=True)
+def ray_stopped():
+    """A command stops the Ray it started, whichever way it ends: a Ray left running would take the next study's
+    trials into processes of another test's environment (its weights folder, its caches)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("the test left Ray running")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def image_cache(tmp_path_factory) -> Path:
     """The decoded-photo cache of the whole test session, away from the user's own cache."""

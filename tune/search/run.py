@@ -50,7 +50,7 @@ def run(study: StudyConfig, where: str, uri: str, resume: bool = False, address:
     store = resolve(study.storage)
     checks.check_name(study.name, resume, store)
     quiet = contextlib.nullcontext() if verbose else private.redirect_raylet_messages(logging.getLogger("ray"))
-    with quiet, private.patient_tune_loop():
+    with quiet, private.patient_tune_loop(), stopping_ray():
         if address:  # a cluster: refused before anything runs when its nodes cannot reach the storage
             start_ray(study, store, address, verbose)
         nodes = checks.check_study(study, where, cluster=bool(address))
@@ -63,6 +63,16 @@ def run(study: StudyConfig, where: str, uri: str, resume: bool = False, address:
             apply_params(tracking.study_params(study.name, uri), study)
         run_study(study, nodes, uri, store, resume, address, verbose, started, planner)
     return summarize(study, store)
+
+
+@contextlib.contextmanager
+def stopping_ray():
+    """Ray, once started (by the budget's plan, the cluster's checks or the study), stops whichever way the command
+    ends: a refusal after Ray started included."""
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def budget_planner(study: StudyConfig, store: Storage, address: str | None, verbose: bool, deadline: float
@@ -175,56 +185,53 @@ def run_study(study: StudyConfig, nodes: list, uri: str, store: Storage, resume:
     trainable = tune.with_resources(tune.with_parameters(train_trial, base=study.trial_base(), end_by=deadline),
                                     {"cpu": study.resources.cpus_per_trial, "gpu": study.resources.gpus_per_trial})
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a trial's failure report has no metric
-    try:
-        results = None
-        # an interrupted round (trials that started and did not end), or a study from before the Optuna store
-        if resume and (states["RUNNING"] or not states):
-            print(f"study {study.name}: restoring its interrupted round ({trials_done(study.name, states)} trials "
-                  f"ended, {states['RUNNING']} were running) from {store.shown}", flush=True)
-            view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
-                                 trials_done(study.name, states), None, earlier_best(study, store))
-            results = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                         storage_filesystem=store.fs).fit()
-            view.on_experiment_end([])
-            if not round_ended(results):
-                return results
-            if not states:
-                print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
-                return results
-            optuna_store.close_orphans(study.name)
-            try:
-                drop_lost_runs(client, parent, {r.metrics.get("trial_id") for r in results})
-            except (MlflowException, requests.RequestException):  # a tracking server down then: left as they are
-                pass
-        done = trials_done(study.name)
-        if resume and done >= search.num_samples:
-            print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")
-        if done < search.num_samples:
-            if done:
-                print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
-                rung = rungs.measured(client, parent) if study.scheduler.name == "asha" else None
-                if rung:
-                    study.scheduler.grace_period = max(1, min(rung, study.scheduler.max_t - 1))
-                    print(f"first ASHA rung at epoch {study.scheduler.grace_period}: measured on the study's "
-                          "finished trials (its parent run's rung_rho_*)")
-            client.update_run(parent, status="RUNNING")
-            tracker = StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, search.metric,
-                                   study.mode, deadline, unlogged, say=live.say, first=done + 1)
-            view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
-                                 deadline, earlier_best(study, store))
-            tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store, plan)
-            results = tuner.fit()
-            if deadline is not None and time.time() >= deadline:
-                optuna_store.prune_unended(study.name)
+    results = None
+    # an interrupted round (trials that started and did not end), or a study from before the Optuna store
+    if resume and (states["RUNNING"] or not states):
+        print(f"study {study.name}: restoring its interrupted round ({trials_done(study.name, states)} trials "
+              f"ended, {states['RUNNING']} were running) from {store.shown}", flush=True)
+        view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples,
+                             trials_done(study.name, states), None, earlier_best(study, store))
+        results = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                     storage_filesystem=store.fs).fit()
+        view.on_experiment_end([])
+        if not round_ended(results):
+            return results
+        if not states:
+            print(f"study {study.name} was made before studies kept their Optuna study: it cannot grow")
+            return results
+        optuna_store.close_orphans(study.name)
         try:
-            measured = rungs.record(client, parent, search.metric)
-        except (MlflowException, requests.RequestException):  # a tracking server down at the end: not measured
-            measured = None
-        if measured:
-            print(measured)
-        return results
-    finally:
-        ray.shutdown()
+            drop_lost_runs(client, parent, {r.metrics.get("trial_id") for r in results})
+        except (MlflowException, requests.RequestException):  # a tracking server down then: left as they are
+            pass
+    done = trials_done(study.name)
+    if resume and done >= search.num_samples:
+        print(f"study {study.name} has all its {done} trials: pass --num-samples N (more than {done}) to add some")
+    if done < search.num_samples:
+        if done:
+            print(f"study {study.name} has {done} trials: {search.num_samples - done} more, chosen knowing them")
+            rung = rungs.measured(client, parent) if study.scheduler.name == "asha" else None
+            if rung:
+                study.scheduler.grace_period = max(1, min(rung, study.scheduler.max_t - 1))
+                print(f"first ASHA rung at epoch {study.scheduler.grace_period}: measured on the study's "
+                      "finished trials (its parent run's rung_rho_*)")
+        client.update_run(parent, status="RUNNING")
+        tracker = StudyTracker(uri, study.name, parent, study.trial_base(), study.train.epochs, search.metric,
+                               study.mode, deadline, unlogged, say=live.say, first=done + 1)
+        view = live.LiveView(search.metric, study.mode, study.train.epochs, search.num_samples, done,
+                             deadline, earlier_best(study, store))
+        tuner = new_round(study, nodes, trainable, done, [tracker, view], verbose, deadline, store, plan)
+        results = tuner.fit()
+        if deadline is not None and time.time() >= deadline:
+            optuna_store.prune_unended(study.name)
+    try:
+        measured = rungs.record(client, parent, search.metric)
+    except (MlflowException, requests.RequestException):  # a tracking server down at the end: not measured
+        measured = None
+    if measured:
+        print(measured)
+    return results
 
 
 def new_round(study: StudyConfig, nodes: list, trainable, done: int, callbacks: list, verbose: bool,
