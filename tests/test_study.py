@@ -342,33 +342,7 @@ scheduler: {name: fifo}
 BUDGET = pytest.mark.budget
 
 
-@BUDGET
-def test_time_budget_a_trial_far_slower_than_planned_overruns_is_cut_and_says_so(demo_data, tmp_path, monkeypatch,
-                                                                                     capsys):
-    path = study_file(tmp_path, epochs=20, samples=4, scheduler="fifo", lrs="[0.003]")
-    # the plan measures the fixed values (32 px); every sampled trial is at 1024 px, 1024 times the pixels: its
-    # first epoch cannot end within the budget, so it cannot shorten itself to fit and Ray's time limit cuts it
-    # (at 448 px, an epoch of 76 s fitted on a host with AVX-512; at 1024 px a step alone takes 20 s there)
-    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [1024]}\n"))
-    # 50 s: Ray must start the trials before the budget ends (idle, the checks, Ray's start and the stores' tables
-    # take about 20 s on a slow 2-core host, after the imports: in this process there are none to count)
-    printed = here(tmp_path, "run", str(path), "--data", str(demo_data), "--time-budget", "50s", code=1)
-    assert "cut by the time budget (not exported)" in printed and "give it a longer --time-budget" in printed, printed
-    client, parent, children = runs_of(tmp_path, "it")
-    assert children and {c.data.tags["tune.outcome"] for c in children} == {"cut"}
-    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
-    import optuna
-
-    trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
-    assert {t.state.name for t in trials} == {"PRUNED"}  # not RUNNING: a --resume has no round to finish
-    from tune.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    capsys.readouterr()
-    assert main(["export", "it"]) == 2 and "cut all its" in capsys.readouterr().err
-
-
-def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch):
+def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch, capsys):
     from tune.outcomes import CUT_MARKER, best_checkpoints
 
 
@@ -379,6 +353,11 @@ def test_trials_cut_by_the_time_budget_are_never_exported(tmp_path, monkeypatch)
         (folder / "metrics.json").write_text(json.dumps({"val_f1": value, "epoch": 1}))
     (tmp_path / "mlruns" / "ray" / "s" / "trial_b" / CUT_MARKER).write_text("cut")
     assert [m["val_f1"] for _, m in best_checkpoints("s", "val_f1", "max")] == [0.5]
+    (tmp_path / "mlruns" / "ray" / "s" / "trial_a" / CUT_MARKER).write_text("cut")
+    from tune.cli import main
+
+    capsys.readouterr()
+    assert main(["export", "s"]) == 2 and "the time budget cut all its 2 trials" in capsys.readouterr().err
 
 
 def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_data, tmp_path, monkeypatch,
@@ -395,11 +374,19 @@ def test_time_budget_too_short_for_one_epoch_is_refused_before_training(demo_dat
 
 
 @BUDGET
-def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_it(demo_data, tmp_path):
-    """An epoch made slow on purpose (96 px on each CPU's share): the plan gives trials far fewer epochs than
-    train.epochs, the searcher starts no trial that could not end, the study ends within its budget, and the
-    export is a trial whose schedule ran to its end."""
-    path = study_file(tmp_path, epochs=500, samples=200, lrs="[0.003, 0.03]")
+def test_time_budget_plans_finished_schedules_ends_within_it_and_cuts_a_trial_far_slower_than_planned(
+        demo_data, tmp_path):
+    """One study proves both ends of the plan (the budget studies run alone: each costs its budget).
+
+    The fixed values' epoch is made slow on purpose (96 px on each CPU's share): the plan gives trials far fewer
+    epochs than train.epochs, the searcher starts no trial that could not end, every trial at the planned pace
+    ends its schedule, the study ends within its budget, and the export is a trial whose schedule ran to its end.
+    The space's other size, 1024 px, has 114 times the pixels: the plan never measured it, its first epoch cannot
+    end within the budget, so it cannot shorten itself to fit and the study cuts it at the deadline, says so, and
+    never exports it. Seed 8 draws 1024 for the trial beside the fixed values' (and 96 for the next four): the
+    slow trial holds one CPU to the end while the planned pace holds on the other."""
+    path = study_file(tmp_path, epochs=500, samples=200, lrs="[0.003, 0.03]", seed=8)
+    path.write_text(path.read_text().replace("space:\n", "space:\n  model.image_size: {choice: [96, 1024]}\n"))
     started = time.monotonic()
     # 60 s: on an idle slow 2-core host the checks, Ray's start and the stores' tables take about 20 s after the
     # imports (in this process there are none to count), and a 100-s budget with its imports (about 16 s) finished
@@ -413,10 +400,18 @@ def test_time_budget_plans_a_slow_pace_into_finished_schedules_and_ends_within_i
     assert 1 <= planned <= float(left) / max(float(pace) - 0.05, 0.01) < 500, (pace, left, planned)
     assert took < 60 + 20, took  # + Ray's shutdown
     assert "within 1m00s" in printed and "no more trials: a trial takes about" in printed
+    assert "cut by the time budget (not exported)" in printed, printed
     client, parent, children = runs_of(tmp_path, "it")
     assert 2 <= len(children) < 200
-    outcomes = {c.data.tags["tune.outcome"] for c in children}
-    assert outcomes <= {"finished", "stopped_early"} and "finished" in outcomes  # none cut: every schedule ended
+    outcomes = {c.data.params["model.image_size"]: set() for c in children}
+    for child in children:
+        outcomes[child.data.params["model.image_size"]].add(child.data.tags["tune.outcome"])
+    assert outcomes["1024"] == {"cut"} and {c.info.status for c in children} == {"FINISHED"}
+    assert outcomes["96"] <= {"finished", "stopped_early"} and "finished" in outcomes["96"]  # every schedule ended
+    import optuna
+
+    trials = optuna.load_study(study_name="it", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").trials
+    assert "RUNNING" not in {t.state.name for t in trials}  # the cut trial PRUNED: a --resume has no round to finish
     assert client.get_run(parent.info.run_id).data.params["plan.epochs"] == str(planned)
     best = client.get_run(parent.info.run_id).data.tags["tune.best_trial_id"]
     assert next(c for c in children if c.data.tags["ray.trial_id"] == best).data.tags["tune.outcome"] == "finished"
