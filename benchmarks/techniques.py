@@ -10,7 +10,8 @@ make_utkmask.py's training set, then scored by `tune evaluate` on the validation
 technique changes the baseline alone, with --seeds seeds each. Writes
 benchmarks/results/techniques-pretrained-<device>.json (techniques-<device>.json: the earlier results, from
 random weights): per technique, each seed's 18-class macro F1, the mean, its gain over the baseline's mean, and
-the mean epoch time. --times-only then times one epoch of each technique, one after
+the mean epoch time; with --only, the rows of earlier runs not run again stay in the file ("earlier"), each
+run's beside its own baseline. --times-only then times one epoch of each technique, one after
 the other on an otherwise idle machine, into the same file (the epochs of the F1 runs share the machine with
 whatever else runs):
 
@@ -80,6 +81,17 @@ def time_epochs(results_file: Path, data: Path, cpus: int, persons: list[str], w
     return 0
 
 
+def earlier_rows(before: dict, rerun: set[str]) -> list[dict]:
+    """The results of earlier runs that were not run again, each run with its commit, date and baseline."""
+    kept = list(before.get("earlier", []))
+    rows = {name: row for name, row in before["techniques"].items() if name not in rerun}
+    if rows:
+        kept.insert(0, {"commit": before["commit"], "date": before["date"], "epochs": before["epochs"],
+                        "persons": before["persons"], "techniques": {"baseline": before["techniques"]["baseline"],
+                                                                      **rows}})
+    return kept
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=3)
@@ -124,6 +136,8 @@ def main() -> int:
         row["epoch_time_ratio"] = round(row["epoch_s_mean"] / base["epoch_s_mean"], 2)
         print(f"{name:22s} F1 {row['f1_18_mean']:.4f} ({row['gain_f1_18']:+.4f})  epoch {row['epoch_s_mean']:.0f} s "
               f"(x{row['epoch_time_ratio']})")
+    if args.only and results_file.is_file():  # the rows not run again stay, each beside the baseline it was run with
+        out["earlier"] = earlier_rows(json.loads(results_file.read_text()), set(out["techniques"]))
     results_file.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {results_file}")
     return 0
