@@ -26,6 +26,8 @@ def test_trials_run_with_one_malloc_arena(monkeypatch, tmp_path):
 
     ray_setup.start_ray(resolve(), None, verbose=False)
     try:
+        # no idle workers started for the driver (one per CPU, there as ray.init returns): a trial cannot use them
+        assert ray_workers() == [], ray_workers()
         assert ray.get(arenas.remote(), timeout=120) == "1"
         # nobody prints the workers' output: no log monitor polling their files, no autoscaler monitor
         assert not {"log_monitor.py", "monitor.py"} & ray_scripts(), ray_scripts()
@@ -38,6 +40,25 @@ def test_trials_run_with_one_malloc_arena(monkeypatch, tmp_path):
         assert "log_monitor.py" in ray_scripts()  # --verbose prints the workers' output: its log monitor runs
     finally:
         ray.shutdown()
+
+
+def ray_workers() -> list[str]:
+    """The titles of the Ray workers under this process (ray::IDLE, ray::arenas ...; not Ray's agents)."""
+    children: dict[str, list[str]] = {}
+    titles: dict[str, str] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                children.setdefault((proc / "stat").read_text().rpartition(")")[2].split()[1], []).append(proc.name)
+                titles[proc.name] = (proc / "cmdline").read_bytes().decode().split("\0")[0]
+        except OSError:
+            continue
+    below, todo = [], [str(os.getpid())]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        below += kids
+        todo += kids
+    return [titles[p] for p in below if titles[p].startswith("ray::") and not titles[p].endswith("Agent")]
 
 
 def ray_scripts() -> set[str]:

@@ -29,8 +29,11 @@ _handler: logging.FileHandler | None = None
 # it hands back to the system and faults in again step after step: one trial on both cores spent 15% more CPU
 # on the same epochs than `tune train`, which trains in the main thread's arena, and its epochs took 1.16 times
 # as long; with one arena for every thread, 0.995 to 1.065 (benchmarks/pace_under_ray.py). A MALLOC_ARENA_MAX
-# of the person's own is kept.
-LOCAL_RAY = {"MALLOC_ARENA_MAX": "1"}
+# of the person's own is kept. Nor does a study want the idle workers Ray starts for the driver, one per CPU: its
+# trials and the timed empty trial run with the study's runtime_env (the project's `trainables`), which those
+# workers do not have, so Ray starts others for them; each idle one cost a Python process's start while the first
+# trials start, and 83 MB of memory (a 16-core machine: 16 of them).
+LOCAL_RAY = {"MALLOC_ARENA_MAX": "1", "RAY_prestart_worker_first_driver": "0"}
 
 
 def quiet_logs(log_file: Path) -> None:
