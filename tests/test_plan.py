@@ -1,13 +1,9 @@
 """Planning a time budget from a pace: the rules of tune/plan.py, given the paces a machine measured."""
-import multiprocessing
-import time
-from pathlib import Path
-
 import pytest
 
 from trainables.config import UserError
 from tune.config import load_study
-from tune.plan import Pace, apply, apply_params, busy_slots, plan_study
+from tune.plan import Pace, apply, apply_params, plan_study
 
 STUDY = """
 name: p
@@ -28,7 +24,7 @@ def study(tmp_path, demo_data):
 
 def paces(one_cpu: float, every_cpu: float, start: float = 2.0):
     """What a machine measured: an epoch on one CPU, and on all of them."""
-    def measure_at(cfg, cpus, beside=0):
+    def measure_at(cfg, cpus):
         return Pace(epoch_s=one_cpu if cpus == 1 else every_cpu, start_s=start, cpus=cpus)
     return measure_at
 
@@ -92,7 +88,7 @@ def test_the_plan_reaches_the_trials_and_a_resumed_study_keeps_it(study, tmp_pat
 def test_what_the_heads_warmup_saves_is_planned(study):
     """An epoch of 190 s does not fit 191 s with a 10-s start at the full pace; its first sixth, the head's
     warm-up with the backbone frozen, costs 150 s less an epoch, and then it does."""
-    def measure_at(cfg, cpus, beside=0):
+    def measure_at(cfg, cpus):
         return Pace(epoch_s=190, start_s=10, cpus=cpus, head_warmup_saving_s=150,
                     head_warmup=lambda epochs: min(0.5, epochs / 6))
 
@@ -102,45 +98,3 @@ def test_what_the_heads_warmup_saves_is_planned(study):
         plan_study(study, 170, cpus=1, measure_at=measure_at)
     with pytest.raises(UserError):
         plan_study(study, 191, cpus=1, measure_at=paces(190, 190, start=10))
-
-
-def test_a_trials_pace_is_measured_beside_the_slots_that_train_with_it(study, monkeypatch):
-    """Trials at once on one machine's CPUs slow each other: the pace of one is measured while the study's other
-    slots on this machine train too; on every CPU, or on a GPU, alone."""
-    asked = []
-
-    def measure_at(cfg, cpus, beside=0):
-        asked.append((cpus, beside))
-        return Pace(epoch_s=76 if cpus == 1 else 50, start_s=2, cpus=cpus)
-
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
-    plan_study(study, 1200, cpus=4, measure_at=measure_at)
-    assert asked == [(1, 3)]  # four slots of one CPU: three busy beside the measured one
-    asked.clear()
-    plan_study(study, 1200, cpus=16, measure_at=measure_at)  # a cluster: 12 of its slots on other machines
-    assert asked == [(1, 3)]
-    asked.clear()
-    study.search.max_concurrent = 2
-    plan_study(study, 1200, cpus=4, measure_at=measure_at)
-    assert asked == [(1, 1)]
-    asked.clear()
-    study.search.min_epochs = 30  # the budget holds barely one trial: the prior on every CPU, measured alone
-    plan_study(study, 1200, cpus=4, measure_at=measure_at)
-    assert asked == [(1, 1), (4, 0)]
-
-
-def test_busy_slots_train_while_the_pace_is_measured_and_stop_after(study):
-    cfg = study.trial_defaults().model_copy(deep=True)
-    cfg.model.backbone, cfg.model.image_size, cfg.train.device = "test_resnet", 32, "cpu"
-
-    def cpu_ticks(pid: int) -> int:
-        return sum(map(int, Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[11:13]))
-
-    with busy_slots(cfg, 1, 1) as slots:
-        slots.wait()
-        busy = [p for p in multiprocessing.active_children() if p.name == "tune-busy-slot"]
-        assert len(busy) == 1
-        before = [cpu_ticks(p.pid) for p in busy]
-        time.sleep(1.0)
-        assert all(cpu_ticks(p.pid) > b for p, b in zip(busy, before, strict=True))  # it trains
-    assert not any(p.is_alive() for p in busy)

@@ -16,25 +16,19 @@ seconds left:
   all of this machine's CPUs, as long as the budget allows;
 - ASHA's first rung (grace_period) stays below the trial's length.
 
-Trials that run at once on one machine's CPUs slow each other (they share its memory's bandwidth and caches: two
-trials of lite0 at 112 px on one core each took 315 s an epoch where one alone measured 262 s), so the pace of a
-trial on part of the machine is measured while as many other processes as the study's other slots train the same
-model beside it (`busy_slots`). Nothing here is a constant pace: a plan made on a slow host plans fewer epochs.
-What the measurement cannot see (a sampled model slower than the prior, Ray's own work) is corrected while
+Nothing here is a constant pace: a plan made on a slow host plans fewer epochs. What the measurement cannot
+see (trials sharing the machine slow each other; a sampled model slower than the prior) is corrected while
 the study runs: the searcher plans new trials from the slowest pace reported, and a running trial re-plans its
 own schedule after each epoch at its slowest epoch so far: shorter when it would end after the budget, longer
 again (up to its plan, early in it) when faster epochs since left time over (`Trial.replan`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import multiprocessing
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,17 +87,15 @@ class Plan:
                 "plan.epoch_s": round(self.pace.epoch_s, 2), "plan.start_s": round(self.pace.start_s, 2)}
 
 
-def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None, beside: int = 0) -> Pace:
+def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None) -> Pace:
     """Time a few steps of `cfg`'s model, at its size and batch, on `cpus` threads of this process (on `split`,
-    (train, validation) persons, when given), while `beside` other processes train it on `cpus` threads each."""
+    (train, validation) persons, when given)."""
     threads = torch.get_num_threads()
     try:
-        with busy_slots(cfg, cpus, beside, split) as slots:
-            started = time.perf_counter()
-            trial = Trial(cfg, cpus=max(1, int(cpus)), split=split)
-            built = time.perf_counter() - started
-            slots.wait()
-            pace = trial.measure_pace(steps)
+        started = time.perf_counter()
+        trial = Trial(cfg, cpus=max(1, int(cpus)), split=split)
+        built = time.perf_counter() - started
+        pace = trial.measure_pace(steps)
     finally:
         torch.set_num_threads(threads)
     del trial
@@ -113,60 +105,16 @@ def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None, beside: i
                 head_warmup_saving_s=pace["head_warmup_saving_s"], head_warmup=cfg.train.head_warmup_epochs)
 
 
-class BusySlots:
-    """Processes that train a model, each on its share of the CPUs, until the `busy_slots` block ends."""
-
-    def __init__(self, processes: list, ready: list):
-        self.processes, self.ready = processes, ready
-
-    def wait(self) -> None:
-        """Until each process trains (or has died: its slot is then idle)."""
-        for process, ready in zip(self.processes, self.ready, strict=True):
-            while not ready.wait(0.5) and process.is_alive():
-                pass
-
-
-@contextlib.contextmanager
-def busy_slots(cfg: TrialConfig, cpus: float, count: int, split=None) -> Iterator[BusySlots]:
-    """`count` processes (none for 0) that train `cfg`'s model on `cpus` threads each, as the study's other
-    trials will beside the one measured; stopped when the block ends."""
-    context = multiprocessing.get_context("spawn")  # a process of its own, as a trial's: no fork of this one
-    processes, ready = [], []
-    for _ in range(max(0, count)):
-        ready.append(context.Event())
-        processes.append(context.Process(target=keep_training, args=(cfg, cpus, split, ready[-1], os.getpid()),
-                                         name="tune-busy-slot"))
-        processes[-1].start()
-    try:
-        yield BusySlots(processes, ready)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join()
-
-
-def keep_training(cfg: TrialConfig, cpus: float, split, ready, parent: int) -> None:
-    """A busy slot: train `cfg`'s model on `cpus` threads until terminated (or its parent is gone). Ctrl-C is
-    the parent's to handle: it ends the slot with the measurement."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    trial = Trial(cfg, cpus=max(1, int(cpus)), split=split)
-    ready.set()
-    while os.getppid() == parent:
-        trial.measure_pace(2)
-
-
 class Measured:
-    """`measure`, once per number of CPUs and busy slots beside: a plan made again (once Ray has started) reuses
-    the paces."""
+    """`measure`, once per number of CPUs: a plan made again (once Ray has started) reuses the paces."""
 
     def __init__(self):
-        self.paces: dict[tuple[float, int], Pace] = {}
+        self.paces: dict[float, Pace] = {}
 
-    def __call__(self, cfg: TrialConfig, cpus: float, beside: int = 0) -> Pace:
-        if (cpus, beside) not in self.paces:
-            self.paces[cpus, beside] = measure(cfg, cpus, beside=beside)
-        return self.paces[cpus, beside]
+    def __call__(self, cfg: TrialConfig, cpus: float) -> Pace:
+        if cpus not in self.paces:
+            self.paces[cpus] = measure(cfg, cpus)
+        return self.paces[cpus]
 
 
 def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1) -> int:
@@ -204,14 +152,11 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     prior = study.trial_defaults()
     if res.gpus_per_trial == 0:  # Ray hides the GPUs from trials that ask for none
         prior.train.device = "cpu"
-    def measured(cpus_per_trial: float, beside: int = 0) -> Pace:
-        pace = measure_at(prior, cpus_per_trial, beside)
+    def measured(cpus_per_trial: float) -> Pace:
+        pace = measure_at(prior, cpus_per_trial)
         return dataclasses.replace(pace, start_s=pace.start_s + ray_start_s)
 
-    # CPU trials at once slow each other: measured beside as many busy slots as this machine will hold (on a
-    # cluster, the others run on other machines)
-    here = max(1, int((os.cpu_count() or 1) // res.cpus_per_trial))
-    pace = measured(res.cpus_per_trial, min(concurrent, here) - 1 if res.gpus_per_trial == 0 else 0)
+    pace = measured(res.cpus_per_trial)
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
     epochs = epochs_that_fit(seconds, pace, per_slot)
     if epochs < search.min_epochs and per_slot > 1:
