@@ -42,15 +42,15 @@ def test_trials_run_with_one_malloc_arena(monkeypatch, tmp_path):
         ray.shutdown()
 
 
-def ray_workers() -> list[str]:
-    """The titles of the Ray workers under this process (ray::IDLE, ray::arenas ...; not Ray's agents)."""
+def processes_below() -> list[list[str]]:
+    """The command lines of every process under this one (Ray's GCS, raylet, monitors, agents, workers ...)."""
     children: dict[str, list[str]] = {}
-    titles: dict[str, str] = {}
+    argv: dict[str, list[str]] = {}
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit():
                 children.setdefault((proc / "stat").read_text().rpartition(")")[2].split()[1], []).append(proc.name)
-                titles[proc.name] = (proc / "cmdline").read_bytes().decode().split("\0")[0]
+                argv[proc.name] = (proc / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
     below, todo = [], [str(os.getpid())]
@@ -58,17 +58,14 @@ def ray_workers() -> list[str]:
         kids = children.get(todo.pop(), [])
         below += kids
         todo += kids
-    return [titles[p] for p in below if titles[p].startswith("ray::") and not titles[p].endswith("Agent")]
+    return [argv[p] for p in below]
+
+
+def ray_workers() -> list[str]:
+    """The titles of the Ray workers under this process (ray::IDLE, ray::arenas ...; not Ray's agents)."""
+    return [a[0] for a in processes_below() if a[0].startswith("ray::") and not a[0].endswith("Agent")]
 
 
 def ray_scripts() -> set[str]:
-    """The names of the Python scripts this process's children run (Ray's GCS, raylet, monitors ...)."""
-    me, scripts = str(os.getpid()), set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "stat").read_text().rpartition(")")[2].split()[1] == me:
-                scripts |= {Path(a).name for a in (proc / "cmdline").read_bytes().decode().split("\0")
-                            if a.endswith(".py")}
-        except OSError:
-            continue
-    return scripts
+    """The names of the Python scripts the processes under this one run (Ray's monitors, dashboard ...)."""
+    return {Path(a).name for argv in processes_below() for a in argv if a.endswith(".py")}
