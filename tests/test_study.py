@@ -104,7 +104,7 @@ def finished_trials(tmp_path: Path, study: str) -> set[str]:
     return {r.data.tags["ray.trial_id"] for r in runs}
 
 
-def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp_path, capsys):
+def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp_path, capsys, monkeypatch):
     done = run(tmp_path, "run", str(study_file(tmp_path, average=2)), "--data", str(demo_data))
     client, parent, children = runs_of(tmp_path, "it")
     # the terminal shows one line per trial event and a progress line per ended trial, none of Ray's own output
@@ -218,6 +218,21 @@ def test_study_tracks_stops_early_fails_alone_exports_and_reports(demo_data, tmp
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert all(f"importance.{k}" in metrics for k in importance["importances"])
 
+    # the registered model is the export's, and MLflow loads it from the requirements it names
+    import mlflow
+    import numpy as np
+    import torch
+
+    from tune.export import load_export
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    version = client.get_registered_model("it").latest_versions[0].version
+    requirements = Path(mlflow.artifacts.download_artifacts(f"models:/it/{version}/requirements.txt")).read_text()
+    assert {line.split("==")[0] for line in requirements.split()} == {"mlflow", "torch", "cloudpickle"}
+    batch = np.random.default_rng(0).random((2, 3, 32, 32), np.float32)
+    served = mlflow.pyfunc.load_model(f"models:/it/{version}").predict(batch)
+    assert np.allclose(served, load_export(out)[1](torch.from_numpy(batch)).detach().numpy(), atol=1e-5)
+
 
 def artifact_json(client: MlflowClient, run_id: str, name: str, tmp_path: Path):
     return json.loads(Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text())
@@ -236,7 +251,7 @@ model: {backbone: test_resnet, image_size: 32}
 train: {epochs: 1, batch_size: 16, num_workers: 0}
 optimizer: {name: adamw}
 space: {optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}
-search: {algorithm: tpe, seed: 3, num_samples: 2, max_concurrent: 2, startup_trials: 1}
+search: {algorithm: tpe, seed: 3, num_samples: 2, max_concurrent: 1, startup_trials: 1}  # a process serves a round
 scheduler: {name: fifo}
 """)
     here(tmp_path, "run", str(path), "--data", str(demo_data))

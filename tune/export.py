@@ -162,9 +162,13 @@ def log_export(study: str, out: Path, config: TrialConfig, uri: str, trial_id: s
     previous = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's global URI is an environment variable too
     mlflow.set_tracking_uri(uri)
     example = np.zeros((2, 3, config.model.image_size, config.model.image_size), np.float32)
-    try:  # MLflow saves the model as a torch.export graph: a model it cannot trace stays unregistered
+    # MLflow saves the model as a torch.export graph: it needs torch alone (MLflow's defaults name it), and naming
+    # the requirements spares the process MLflow would start to infer them (8 CPU-s). Untraceable: unregistered.
+    requirements = mlflow.pytorch.get_default_pip_requirements()
+    try:
         with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", registered_model_name=study, input_example=example)
+            mlflow.pytorch.log_model(model, name="model", registered_model_name=study, input_example=example,
+                                     pip_requirements=requirements)
     except Exception as e:  # noqa: BLE001 - the export on disk is complete either way
         print(f"note: the model was not registered in MLflow ({type(e).__name__}: {str(e).splitlines()[0]})")
     finally:  # what this process starts later (a study, in tests) must not inherit this store
