@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.cache_attacher import attach
 from trainables import cache, data
 from trainables.config import AugmentConfig, TrialConfig
 from trainables.loader import CachedPhotos, DecodedPhotos, train_loader
@@ -30,16 +31,10 @@ def test_filled_once_then_memory_mapped(demo_data, tmp_path):
     assert entry["images"] == len(files) and entry["size"] == 24 and entry["data"] == str(demo_data)
 
 
-def _attach(args):
-    files, folder = args
-    images = cache.cached_images(files, 20, None, folder, "demo")
-    return len(cache.FILLED), int(np.asarray(images).sum())
-
-
 def test_processes_starting_together_decode_once(demo_data, tmp_path):
     files = files_of(demo_data)
     with multiprocessing.get_context("spawn").Pool(3) as pool:
-        results = pool.map(_attach, [(files, tmp_path)] * 3)
+        results = pool.map(attach, [(files, tmp_path)] * 3)
     assert sorted(filled for filled, _ in results) == [0, 0, 1]
     assert len({total for _, total in results}) == 1
     assert [p.name for p in tmp_path.glob("*.npy")] == [f"{cache.fingerprint(files, 20, None)}.npy"]
