@@ -585,7 +585,7 @@ def test_study_interrupted_then_its_driver_killed_resumes_with_every_trial_once(
                                                                                  capsys):
     """Ctrl-C once a trial has finished; then the resumed round's driver killed (SIGKILL, its machine down with
     its local Ray) while that round runs; then --resume: every trial once, each epoch once, none run again."""
-    path = study_file(tmp_path, epochs=3, samples=4, concurrent=2, scheduler="fifo", seed=1, lrs="[0.003, 0.03]")
+    path = study_file(tmp_path, epochs=3, samples=4, concurrent=1, scheduler="fifo", seed=1, lrs="[0.003, 0.03]")
     args = ["run", str(path), "--data", str(demo_data), "--name", "resumable"]
 
     def start(*extra: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
