@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -61,14 +63,25 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def faces_data(tmp_path_factory) -> Path:
-    """Real faces from ../shared/data in the competition layout; skipped where ../shared is absent."""
+def faces_data(tmp_path_factory, worker_id) -> Path:
+    """Real faces from ../shared/data in the competition layout; skipped where ../shared is absent. Made once
+    for all of the session's workers (13 CPU-s each time), in the folder they share (pytest-xdist's recipe); the
+    tests only read it."""
     chips = SHARED / "data" / "utkface-chips"
     if not chips.is_dir():
         pytest.skip("../shared/data is not beside this checkout")
-    out = tmp_path_factory.mktemp("faces")
-    subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(chips), "--out",
-                    str(out), "--persons", "120", "--eval-fraction", "0.2"], check=True, capture_output=True)
+    if worker_id == "master":  # no workers: this session's own folder
+        out = tmp_path_factory.mktemp("faces")
+    else:
+        out = tmp_path_factory.getbasetemp().parent / "faces"
+    made = Path(f"{out}.made")
+    with FileLock(f"{out}.lock"):
+        if not made.is_file():  # the first worker here, or one whose making failed
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run([sys.executable, str(SHARED / "tools" / "make_utkmask.py"), "--chips", str(chips),
+                            "--out", str(out), "--persons", "120", "--eval-fraction", "0.2"], check=True,
+                           capture_output=True)
+            made.touch()
     return out
 
 
