@@ -119,7 +119,7 @@ task: all
 model: {backbone: efficientnet_lite0, pretrained: true, image_size: 32}
 train: {epochs: 1, batch_size: 32, num_workers: 0}
 space: {optimizer.lr: {loguniform: [1.0e-4, 1.0e-3]}}
-search: {algorithm: random, num_samples: 2, max_concurrent: 2}
+search: {algorithm: random, num_samples: 1}  # one trial proves it: one trial process
 scheduler: {name: fifo}
 """)
     here(tmp_path, "run", str(path), "--data", str(demo_data))
