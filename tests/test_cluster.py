@@ -111,7 +111,7 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
              "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port",
              str(self.port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # as the README
         deadline = time.time() + 120
         while time.time() < deadline:
             try:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -18,6 +19,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of `pid`'s child processes, theirs, and so on."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = (int(stat[stat.rfind(")") + 2:].split()[1]),
+                                        (entry / "cmdline").read_text().replace("\0", " "))
+        except (ValueError, OSError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, (ppid, _) in parents.items() if ppid == parent]
+        found += [parents[child][1] for child in children]
+        todo += children
+    return found
 
 
 def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
@@ -41,6 +61,9 @@ def test_ui_opens_on_the_study_trials_best_first(tmp_path, capsys):
                        f"?workflowType=machine_learning&viewStateShareKey={VIEW}")
         # the server answers there (on a loaded machine its first page can take seconds)
         assert urllib.request.urlopen(url.split("#")[0], timeout=60).status == 200
+        running = descendants(ui.pid)  # the UI's server, without MLflow's job runner and its seven consumers
+        assert any("mlflow" in cmd for cmd in running) and not any("huey" in cmd or "job_runner" in cmd
+                                                                   for cmd in running), running
         assert main(["ui", "--tracking-uri", uri, "--port", str(port)]) == 2  # a second one on that port
         assert f"port {port} is taken" in capsys.readouterr().err
     finally:

@@ -4,6 +4,9 @@ MLflow 3 always opens on its GenAI home, so the address to open is that of the s
 `tracking.set_trials_view` saved (only the trials, best first, with their scores and sampled parameters).
 The server runs in a process group of its own, stopped with all its workers when `tune ui` stops; what it prints
 (MLflow's and Uvicorn's lines, deprecation warnings) goes to `mlruns/logs/ui.log`, and the person sees one line.
+MLflow's job runner (seven `huey` consumers for its GenAI jobs, which a study never submits) is not started unless
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION says so: it took about 18 CPU-s to start, three times the UI's own, on the
+machine the trials train on.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ def serve(uri: str, port: int, study: str | None) -> int:
                artifact_root(), "--host", "127.0.0.1", "--port", str(port)]
     LOG.parent.mkdir(parents=True, exist_ok=True)
     log = LOG.open("w")
-    server = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    server = subprocess.Popen(command, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     for stop in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill still stops the server
         signal.signal(stop, lambda *_: sys.exit(0))
     try:
