@@ -24,7 +24,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from trainables import cache, data, metrics, weights
+from trainables import cache, data, memory, metrics, weights
 from trainables.config import TrialConfig
 from trainables.loader import CachedPhotos, DecodedPhotos, Photos, eval_loader, train_loader
 from trainables.loop import Device, pick_device, predict, train_epoch
@@ -60,6 +60,7 @@ class Trial:
         self.planned = cfg.train.epochs  # the schedule as planned: a re-plan shortens it, and may grow it back
         self.slowest = 0.0  # the slowest epoch so far (wall seconds), for `replan`
         started = time.perf_counter()
+        memory.keep_freed_memory()  # every step's activations reused, not faulted in again
         seed_everything(cfg.train.seed)
         device = pick_device(cfg.train.device)
         if device == "cpu":
