@@ -141,7 +141,47 @@ def service(data: Path, budget: float, reserve: float, space: str, work: Path, e
             "ensemble_members": len(manifest["members"]),
             "ensemble_val_f1": manifest["val_f1"], "best_trial_val_f1": manifest["best_member_val_f1"],
             "export_line": text.strip().splitlines()[0],
-            **score(work / "service.csv", data / "eval_answers.csv", log, work, env)}
+            **score(work / "service.csv", data / "eval_answers.csv", log, work, env),
+            "candidates_eval": candidates(name, data, work, env)}
+
+
+CANDIDATES = """
+import json, shutil, sys
+from pathlib import Path
+from trainables import data
+from trainables.config import TrialConfig
+from tune import storage
+from tune.export import write_export
+from tune.outcomes import best_checkpoints
+store = storage.resolve()
+for checkpoint, metrics in best_checkpoints(sys.argv[1], "val_f1", "max", store):
+    checkpoint = store.local_path(checkpoint)
+    config = TrialConfig.model_validate_json((checkpoint / "config.json").read_text())
+    out = Path(sys.argv[2]) / metrics["ray_trial_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint / "model.safetensors", out / "model.safetensors")
+    write_export(out, config, metrics, data.split_persons(data.read_table(config.data.root, config.data.max_persons),
+                                                          config.data))
+"""
+
+
+def candidates(name: str, data: Path, work: Path, env: dict) -> dict:
+    """After the side's clock, a diagnostic never used to choose: the eval F1 of each trial the ensemble chose from
+    (its best checkpoint, as `tune export --ensemble` sees it) and of all of them averaged with equal weights, each
+    with --tta flip. It tells a choice that missed on the eval persons from trials that were no better there."""
+    log, folder = work / "candidates.log", work / "candidates"
+    run([sys.executable, "-c", CANDIDATES, name, str(folder)], log, work, env)
+    found = {}
+    trials = sorted(p for p in folder.iterdir() if (p / "metrics.json").is_file())
+    for models, key in [([t], t.name) for t in trials] + ([(trials, "all_equal")] if len(trials) > 1 else []):
+        csv = work / f"candidate-{key}.csv"
+        run(TUNE + ["predict", *(a for m in models for a in ("--model", str(m))), "--data", str(data / "eval"),
+                    "--tta", "flip", "--out", str(csv)], log, work, env)
+        found[key] = {"f1_18": score(csv, data / "eval_answers.csv", log, work, env)["f1_18"]}
+        if key != "all_equal":
+            metrics = json.loads((trials[[t.name for t in trials].index(key)] / "metrics.json").read_text())
+            found[key] |= {"val_f1": round(metrics["val_f1"], 4), "epoch": metrics.get("epoch")}
+    return found
 
 
 def where_time_went(folder: Path, started: float, searched: float) -> dict:
