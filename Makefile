@@ -30,7 +30,7 @@ test: setup
 	@# three workers on any machine: the studies spend much of their time waiting on Ray, so they overlap well
 	$(BIN)/pytest -q -m "not gpu and not budget" -n 3 --dist loadgroup
 	@# the studies timed by a budget: after the rest, alone, so the pace their plan measures is the one they run at
-	$(BIN)/pytest -q -m "budget and not gpu"
+	$(BIN)/pytest -q -m "budget and not gpu" tests/test_budget.py
 
 # After upgrading packages in $(VENV): record the versions the tests then pass with.
 constraints:

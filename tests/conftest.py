@@ -19,6 +19,17 @@ def _snapshot(folders: list[Path]) -> dict[str, tuple[int, int]]:
             for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
+BUDGET_FILE = "test_budget.py"  # make test's second step runs this file alone: collecting only it takes 2 s, not 14
+
+
+def pytest_collection_modifyitems(config, items):
+    """A study timed by a budget lives in tests/test_budget.py: one marked `budget` anywhere else would be left
+    out by both of make test's steps."""
+    elsewhere = [item.nodeid for item in items if item.get_closest_marker("budget") and item.path.name != BUDGET_FILE]
+    if elsewhere:
+        raise pytest.UsageError(f"tests marked budget belong in tests/{BUDGET_FILE}: {', '.join(elsewhere)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def checkout_untouched(tmp_path_factory):
     """Tests run in a temporary folder and never write into the checkout's store or exports (checked at the end)."""
