@@ -8,25 +8,43 @@ step (0.44 s of system time in a 1.35 s step on two threads) and 470,000 a batch
 CPU time). With mmap off and the trim threshold at 1 GiB the heap keeps what the first steps needed: a few hundred
 faults a step, the same peak memory, training steps 17% and inference batches twice as fast (the same host, the
 same minute). Blocks a heap cannot hold are still mapped: glibc falls back to mmap where the heap cannot grow.
+A process that trains no more but goes on (the study's driver after the plan's measurement, which kept 2.7 GB
+of a lite0 trial's steps: 2,475 MiB, against 1,549 before this module and 522 after it hands it back) hands
+the kept memory back with `release_freed_memory`.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import gc
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
 TRIM_THRESHOLD = 1 << 30
 
 
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc in this process (and the processes it forks after) to keep freed memory for the next
-    step. False where the C library is not glibc (macOS, musl): nothing is changed there."""
+@functools.cache
+def _glibc():
+    """glibc, loaded; None where the C library is another (macOS, musl)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None and hasattr(libc, "gnu_get_libc_version") else None
     except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "gnu_get_libc_version") else None
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc in this process (and the processes it forks after) to keep freed memory for the next
+    step. False where the C library is not glibc (macOS, musl): nothing is changed there."""
+    libc = _glibc()
+    if libc is None:
         return False
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory malloc keeps free back to the system (glibc's malloc_trim); False where it has none."""
+    gc.collect()  # what only the cycle collector frees
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables import memory
 from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 
@@ -99,6 +100,7 @@ def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None) -> Pace:
     finally:
         torch.set_num_threads(threads)
     del trial
+    memory.release_freed_memory()  # the driver trains no more: what the steps kept goes back
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the trials need the GPU's memory
     return Pace(epoch_s=pace["epoch_s"], start_s=built + pace["first_step_s"], cpus=cpus,
