@@ -202,12 +202,13 @@ def test_time_budget_trains_the_epochs_that_fit(demo_data, store, tmp_path, caps
 def test_time_budget_grows_a_schedule_its_plan_measured_too_slow(demo_data, store, tmp_path, capsys, monkeypatch):
     """The plan's pace is a measurement, and a measurement can be wrong (on a busy host one was 2.5 times an
     epoch): a schedule planned too short grows after its first epoch, up to train.epochs, at the pace the epochs
-    show, and still ends within the budget. Here the measurement says 15 s an epoch, where an epoch takes a few."""
+    show, and still ends within the budget. Here the measurement says 30 s an epoch, where an epoch takes a few
+    (up to 17 s under the suite's load: with 15 s said, a schedule grown once shrank back)."""
     from trainables.trial import Trial
 
     measured = Trial.measure_pace
-    monkeypatch.setattr(Trial, "measure_pace", lambda self, steps=6: {**measured(self, steps), "epoch_s": 15.0})
+    monkeypatch.setattr(Trial, "measure_pace", lambda self, steps=6: {**measured(self, steps), "epoch_s": 30.0})
     config = config_file(tmp_path, "all", demo_data)
-    printed, took, planned, trained = train_within(config, 8, 60, tmp_path / "grown", store, capsys)
+    printed, took, planned, trained = train_within(config, 8, 120, tmp_path / "grown", store, capsys)
     assert planned >= 2 and trained > planned and "re-planned:" in printed, printed
-    assert printed.count("\nepoch ") == trained and took < 60 + 15  # its whole schedule, within the budget
+    assert printed.count("\nepoch ") == trained and took < 120 + 15  # its whole schedule, within the budget
