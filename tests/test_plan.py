@@ -98,3 +98,39 @@ def test_what_the_heads_warmup_saves_is_planned(study):
         plan_study(study, 170, cpus=1, measure_at=measure_at)
     with pytest.raises(UserError):
         plan_study(study, 191, cpus=1, measure_at=paces(190, 190, start=10))
+
+
+def test_a_longer_budget_buys_larger_photos_before_longer_trials(study, tmp_path):
+    """search.image_sizes: the largest size at which the trials still get search.min_epochs epochs. A size the
+    smaller one's pace, scaled by the pixels, shows cannot fit is not measured."""
+    study.search.image_sizes = [160, 112]
+    measured = []
+
+    def measure_at(cfg, cpus):  # an epoch costs its pixels here, a little less than in proportion at 160
+        size = cfg.model.image_size
+        measured.append(size)
+        return Pace(epoch_s={112: 300.0, 160: 560.0}[size] * (1 if cpus == 1 else 0.6), start_s=8, cpus=cpus)
+
+    short = plan_study(study, 1200, cpus=2, measure_at=measure_at)  # 3 epochs at 112 < 4: alone, on 2 CPUs
+    assert measured == [112, 112] and short.image_size == 112
+    measured.clear()
+    medium = plan_study(study, 2000, cpus=2, measure_at=measure_at)  # 6 at 112; 160 scaled: 3 < 4, not measured
+    assert measured == [112] and (medium.image_size, medium.epochs, medium.concurrent) == (112, 6, 2)
+    measured.clear()
+    long = plan_study(study, 2400, cpus=2, measure_at=measure_at)  # 160 scaled: 3.9 < 4, not measured either
+    assert measured == [112] and long.image_size == 112
+    long = plan_study(study, 2600, cpus=2, measure_at=measure_at)  # scaled 4.2: measured, 4 epochs at 160
+    assert (long.image_size, long.epochs, long.concurrent) == (160, 4, 2) and "at 160 px" in long.describe()
+    apply(long, study)
+    assert study.trial_base()["model"]["image_size"] == 160 and study.trial_base()["train"]["epochs"] == 4
+    again = load_study(tmp_path / "p.yaml")  # --resume: the size the study was run with
+    assert apply_params({k: str(v) for k, v in long.params().items()}, again)
+    assert again.trial_defaults().model.image_size == 160
+
+
+def test_image_sizes_and_a_searched_image_size_are_refused(tmp_path, demo_data):
+    path = tmp_path / "both.yaml"
+    path.write_text(STUDY.format(root=demo_data).replace("search: {", "search: {image_sizes: [112, 160], ")
+                    .replace("space:\n", "space:\n  model.image_size: {choice: [96, 128]}\n"))
+    with pytest.raises(UserError, match="search.image_sizes and a searched model.image_size"):
+        load_study(path)

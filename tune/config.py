@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -33,6 +33,10 @@ class SearchConfig(Strict):
     max_epochs: int | None = Field(None, gt=0, description="with a time budget: the longest schedule the plan may "
                                    "give a trial (default: as long as the budget allows); a budget that holds "
                                    "longer trials plans more of them, one after the other, of equal length")
+    image_sizes: list[Annotated[int, Field(gt=0)]] | None = Field(
+        None, min_length=1, description="with a time budget: the photo sizes (px) the plan may train at, in place "
+        "of model.image_size: the largest at which the trials still get min_epochs epochs (each size's pace "
+        "measured), so that a longer budget buys larger photos first")
     max_failures: int = Field(2, ge=0, description="retries (from its last checkpoint) of a trial whose process "
                               "died; a trial that fails by itself is not retried")
     metric: Literal["val_f1", "val_f1_18", "val_acc", "val_loss"] = "val_f1"
@@ -64,6 +68,13 @@ class StudyConfig(TrialConfig):
     @classmethod
     def _empty_space(cls, value):
         return {} if value is None else value  # `space:` with nothing under it: refused by `tune run` (check_study)
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> StudyConfig:
+        if self.search.image_sizes and "model.image_size" in self.space:
+            raise ValueError("search.image_sizes and a searched model.image_size: keep one (the plan picks a size "
+                             "from search.image_sizes; the space samples one per trial)")
+        return self
 
     @model_validator(mode="after")
     def _max_t_within_epochs(self) -> StudyConfig:

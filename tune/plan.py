@@ -14,7 +14,11 @@ seconds left:
   longer budget buys more trials one after the other on each slot, of equal length (not a short remainder);
 - where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
   all of this machine's CPUs, as long as the budget allows;
-- ASHA's first rung (grace_period) stays below the trial's length.
+- ASHA's first rung (grace_period) stays below the trial's length;
+- with search.image_sizes, the photos' size: the largest at which the trials still get search.min_epochs epochs
+  in that layout, so that a longer budget buys larger photos before longer trials (pretrained trials peak within
+  a few epochs; finer detail is what the age band lacks). Each size's pace is measured; a size that the smaller
+  one's pace, scaled by the pixels, shows cannot fit is not.
 
 Nothing here is a constant pace: a plan made on a slow host plans fewer epochs. What the measurement cannot
 see (trials sharing the machine slow each other; a sampled model slower than the prior) is corrected while
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables import memory
+from trainables import cache, data, memory
 from trainables.config import TrialConfig, UserError
 from trainables.trial import Trial
 
@@ -72,12 +76,14 @@ class Plan:
     pace: Pace
     seconds: float  # the budget left when the plan was made
     note: str = ""  # why this layout
+    image_size: int | None = None  # the photos' size, where the plan chose it (search.image_sizes)
 
     def describe(self) -> str:
         at_once = "1 trial at a time" if self.concurrent == 1 else f"{self.concurrent} trials at a time"
         pace = f"{self.pace.epoch_s:.1f}" if self.pace.epoch_s < 10 else f"{self.pace.epoch_s:.0f}"
         saved = self.pace.warmup_note(self.epochs)
-        return (f"plan: {pace} s an epoch on {self.cpus_per_trial:g} CPU(s){saved}, {self.pace.start_s:.0f} s to "
+        size = f" at {self.image_size} px" if self.image_size else ""
+        return (f"plan: {pace} s an epoch{size} on {self.cpus_per_trial:g} CPU(s){saved}, {self.pace.start_s:.0f} s to "
                 f"start a trial (measured), "
                 f"{self.seconds:.0f} s left: trials of {self.epochs} epochs, {at_once}, first ASHA rung at "
                 f"epoch {self.grace_period}{self.note}")
@@ -85,14 +91,21 @@ class Plan:
     def params(self) -> dict:
         return {"plan.epochs": self.epochs, "plan.concurrent": self.concurrent,
                 "plan.cpus_per_trial": self.cpus_per_trial, "plan.grace_period": self.grace_period,
-                "plan.epoch_s": round(self.pace.epoch_s, 2), "plan.start_s": round(self.pace.start_s, 2)}
+                "plan.epoch_s": round(self.pace.epoch_s, 2), "plan.start_s": round(self.pace.start_s, 2),
+                **({"plan.image_size": self.image_size} if self.image_size else {})}
 
 
 def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None) -> Pace:
     """Time a few steps of `cfg`'s model, at its size and batch, on `cpus` threads of this process (on `split`,
-    (train, validation) persons, when given)."""
+    (train, validation) persons, when given). Photos not yet cached at its size are decoded first, on every
+    CPU (nothing else runs yet), and not timed."""
     threads = torch.get_num_threads()
     try:
+        if cfg.data.cache and split is None:  # the photos the trials will read, as `tune run`'s checks cache them
+            files = data.read_table(cfg.data.root, cfg.data.max_persons)["file"].tolist()
+            cache.cached_images(files, cfg.augment.decoded_size(cfg.model.image_size), cfg.augment.center_crop,
+                                cache.cache_dir(cfg.data.cache_dir), cfg.data.root, workers=os.cpu_count() or 1,
+                                progress=True)
         started = time.perf_counter()
         trial = Trial(cfg, cpus=max(1, int(cpus)), split=split)
         built = time.perf_counter() - started
@@ -108,15 +121,17 @@ def measure(cfg: TrialConfig, cpus: float, steps: int = 6, split=None) -> Pace:
 
 
 class Measured:
-    """`measure`, once per number of CPUs: a plan made again (once Ray has started) reuses the paces."""
+    """`measure`, once per number of CPUs and image size: a plan made again (once Ray has started) reuses the
+    paces."""
 
     def __init__(self):
-        self.paces: dict[float, Pace] = {}
+        self.paces: dict[tuple[float, int], Pace] = {}
 
     def __call__(self, cfg: TrialConfig, cpus: float) -> Pace:
-        if cpus not in self.paces:
-            self.paces[cpus] = measure(cfg, cpus)
-        return self.paces[cpus]
+        key = (cpus, cfg.model.image_size)
+        if key not in self.paces:
+            self.paces[key] = measure(cfg, cpus)
+        return self.paces[key]
 
 
 def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1) -> int:
@@ -143,15 +158,34 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
                ray_start_s: float = 0.0) -> Plan:
     """Plan `study` (a StudyConfig) for the `seconds` left of its budget on `cpus` CPUs and `gpus` GPUs (default:
     this machine's), when Ray takes `ray_start_s` to start a trial's process. Raises UserError when not one epoch
-    of one trial fits."""
+    of one trial fits (at the smallest of search.image_sizes)."""
     cpus = cpus or os.cpu_count() or 1
     gpus = torch.cuda.device_count() if gpus is None else gpus
+    sizes = sorted(set(study.search.image_sizes or []))
+    plan = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, sizes[0] if sizes else None)
+    for size in sizes[1:]:  # larger photos while the trials still get search.min_epochs in the same layout
+        scaled = dataclasses.replace(plan.pace, epoch_s=plan.pace.epoch_s * (size / plan.image_size) ** 2)
+        per_slot = 1 if plan.concurrent >= FULL_TRIALS else FULL_TRIALS
+        if epochs_that_fit(seconds, scaled, per_slot) < study.search.min_epochs:
+            break  # not worth measuring: even at the pixels' pace it cannot fit
+        larger = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, size)
+        if larger.epochs < study.search.min_epochs or larger.cpus_per_trial != plan.cpus_per_trial:
+            break
+        plan = larger
+    return plan
+
+
+def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray_start_s: float,
+                image_size: int | None) -> Plan:
+    """The plan at one image size (`image_size`; None: the study's model.image_size)."""
     res, search = study.resources, study.search
     slots = max(1, int(cpus // res.cpus_per_trial))
     if res.gpus_per_trial > 0:
         slots = min(slots, max(1, int(gpus // res.gpus_per_trial)))
     concurrent = min(slots, search.max_concurrent or slots)
     prior = study.trial_defaults()
+    if image_size:
+        prior.model.image_size = image_size
     if res.gpus_per_trial == 0:  # Ray hides the GPUs from trials that ask for none
         prior.train.device = "cpu"
     def measured(cpus_per_trial: float) -> Pace:
@@ -183,7 +217,7 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
                         f"start a trial): give it at least {math.ceil(pace.trial_s(1) - seconds):.0f} s more "
                         "(--time-budget)")
     grace = max(1, min(study.scheduler.grace_period, epochs - 1))
-    return Plan(epochs, concurrent, cpus_per_trial, grace, pace, seconds, note)
+    return Plan(epochs, concurrent, cpus_per_trial, grace, pace, seconds, note, image_size)
 
 
 def apply(plan: Plan, study) -> None:
@@ -202,4 +236,6 @@ def apply_params(params: dict, study) -> bool:
     study.train = study.train.model_copy(update={"epochs": epochs})  # set, so that the trials get it
     study.resources.cpus_per_trial = float(params["plan.cpus_per_trial"])
     study.search.max_concurrent = int(params["plan.concurrent"])
+    if "plan.image_size" in params:
+        study.model = study.model.model_copy(update={"image_size": int(params["plan.image_size"])})
     return True
