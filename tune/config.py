@@ -73,7 +73,8 @@ class StudyConfig(TrialConfig):
     def _one_way_to_size(self) -> StudyConfig:
         if self.search.image_sizes and "model.image_size" in self.space:
             raise ValueError("search.image_sizes and a searched model.image_size: keep one (the plan picks a size "
-                             "from search.image_sizes; the space samples one per trial)")
+                             "from search.image_sizes; the space samples one per trial): search: {image_sizes: "
+                             "null} searches the size")
         return self
 
     @model_validator(mode="after")
@@ -202,6 +203,8 @@ def explain(error: ValidationError, raw: dict) -> str:
         near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"; did you mean {'.'.join(loc[:-1] + near)}?" if near else f"; valid keys here: {', '.join(valid)}"
         return f"unknown key {key}{hint}"
+    if not loc:  # a rule across keys (a model validator): its message names them, the input is the whole file
+        return first["msg"].removeprefix("Value error, ")
     return f"{key}: {first['msg']} (got {first.get('input')!r})"
 
 
