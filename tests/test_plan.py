@@ -135,3 +135,21 @@ def test_image_sizes_and_a_searched_image_size_are_refused(tmp_path, demo_data):
     with pytest.raises(UserError, match="search.image_sizes and a searched model.image_size") as refused:
         load_study(path)
     assert "got {" not in str(refused.value) and "Value error" not in str(refused.value)  # the rule, not the file
+
+
+def test_tune_trains_plan_counts_the_seconds_its_measurement_took(monkeypatch, tiny_config):
+    """`tune train --time-budget`: the budget runs from the command's start, so what the measurement took (photos
+    decoded into the cache first, the throw-away trial) is not planned again."""
+    import time
+
+    from trainables.config import TrialConfig
+    from tune import plan
+
+    def slow_measure(cfg, cpus, split=None):
+        time.sleep(1.0)
+        return Pace(epoch_s=1.0, start_s=0.2, cpus=cpus)
+
+    monkeypatch.setattr(plan, "measure", slow_measure)
+    cfg = TrialConfig.model_validate(tiny_config(train={"epochs": 50}))
+    epochs, _ = plan.plan_training(cfg, 5.5, cpus=1)
+    assert epochs == 4  # (5.5 - 1 measured - 0.2 to start) // 1; 5 with the measurement's second planned again

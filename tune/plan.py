@@ -144,8 +144,11 @@ def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1) -> int:
 
 def plan_training(cfg: TrialConfig, seconds: float, cpus: int, split=None) -> tuple[int, Pace]:
     """`tune train --time-budget`: the longest schedule, up to cfg's train.epochs, that ends within `seconds`
-    on `cpus` CPUs (on `split` when given). Raises UserError when not one epoch fits."""
+    on `cpus` CPUs (on `split` when given), the measurement's own seconds (and any photos it decoded) spent
+    first. Raises UserError when not one epoch fits."""
+    started = time.time()
     pace = measure(cfg, cpus, split=split)
+    seconds -= time.time() - started
     epochs = min(cfg.train.epochs, epochs_that_fit(seconds, pace))
     if epochs < 1:
         raise UserError(f"the time budget leaves {seconds:.0f} s, and one epoch of this model takes about "
