@@ -126,6 +126,10 @@ def test_a_longer_budget_buys_larger_photos_before_longer_trials(study, tmp_path
     again = load_study(tmp_path / "p.yaml")  # --resume: the size the study was run with
     assert apply_params({k: str(v) for k, v in long.params().items()}, again)
     assert again.trial_defaults().model.image_size == 160
+    # the prior alone on every CPU gets the larger photos too where it still trains search.min_epochs
+    alone = plan_study(study, 1200, cpus=2, measure_at=lambda cfg, cpus: Pace(
+        epoch_s={112: 300.0, 160: 560.0}[cfg.model.image_size] * (1 if cpus == 1 else 0.35), start_s=8, cpus=cpus))
+    assert (alone.image_size, alone.cpus_per_trial, alone.epochs) == (160, 2, 6)
 
 
 def test_image_sizes_and_a_searched_image_size_are_refused(tmp_path, demo_data):

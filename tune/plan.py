@@ -168,7 +168,8 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     plan = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, sizes[0] if sizes else None)
     for size in sizes[1:]:  # larger photos while the trials still get search.min_epochs in the same layout
         scaled = dataclasses.replace(plan.pace, epoch_s=plan.pace.epoch_s * (size / plan.image_size) ** 2)
-        per_slot = 1 if plan.concurrent >= FULL_TRIALS else FULL_TRIALS
+        alone = plan.cpus_per_trial != study.resources.cpus_per_trial  # the prior alone, on every CPU
+        per_slot = 1 if plan.concurrent >= FULL_TRIALS or alone else FULL_TRIALS
         if epochs_that_fit(seconds, scaled, per_slot) < study.search.min_epochs:
             break  # not worth measuring: even at the pixels' pace it cannot fit
         larger = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, size)
