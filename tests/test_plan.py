@@ -60,6 +60,15 @@ def test_a_budget_that_holds_barely_one_trial_trains_the_prior_alone_on_every_cp
     assert "fixed values alone, on every CPU" in plan.describe()
 
 
+def test_min_epochs_that_fit_only_at_the_measured_pace_are_not_planned(study):
+    """A running trial re-plans its epochs to come at its slowest so far, 10% slower (`Trial.replan`): 4 epochs
+    of 76 s fit 320 s at the measured pace, but 4 of 83.6 s do not, and a plan of 4 would often end at 3 epochs,
+    below search.min_epochs. The prior alone on both CPUs gets them safely instead."""
+    assert plan_study(study, 340, cpus=2, measure_at=paces(76, 50)).concurrent == 2  # 4 epochs even 10% slower
+    plan = plan_study(study, 320, cpus=2, measure_at=paces(76, 50))
+    assert (plan.concurrent, plan.cpus_per_trial, plan.epochs) == (1, 2, 6)
+
+
 def test_a_budget_that_holds_not_one_epoch_is_refused(study):
     with pytest.raises(UserError, match=r"give it at least \d+ s more"):
         plan_study(study, 30, cpus=2, measure_at=paces(103, 60))
@@ -119,7 +128,10 @@ def test_a_longer_budget_buys_larger_photos_before_longer_trials(study, tmp_path
     measured.clear()
     long = plan_study(study, 2400, cpus=2, measure_at=measure_at)  # 160 scaled: 3.9 < 4, not measured either
     assert measured == [112] and long.image_size == 112
-    long = plan_study(study, 2600, cpus=2, measure_at=measure_at)  # scaled 4.2: measured, 4 epochs at 160
+    measured.clear()
+    long = plan_study(study, 2400 * 1.1, cpus=2, measure_at=measure_at)  # scaled 4.3, 3.9 at 10% slower: not measured
+    assert measured == [112] and long.image_size == 112
+    long = plan_study(study, 2750, cpus=2, measure_at=measure_at)  # scaled 4.1 at 10% slower: measured, 4 at 160
     assert (long.image_size, long.epochs, long.concurrent) == (160, 4, 2) and "at 160 px" in long.describe()
     apply(long, study)
     assert study.trial_base()["model"]["image_size"] == 160 and study.trial_base()["train"]["epochs"] == 4

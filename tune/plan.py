@@ -13,7 +13,8 @@ seconds left:
   a longer budget buys longer trials, and a slower machine shorter ones; up to search.max_epochs, past which a
   longer budget buys more trials one after the other on each slot, of equal length (not a short remainder);
 - where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
-  all of this machine's CPUs, as long as the budget allows;
+  all of this machine's CPUs, as long as the budget allows; a layout or size is judged by whether its trials
+  get search.min_epochs even 10% slower than measured, as a running trial judges its epochs to come (`keeps`);
 - ASHA's first rung (grace_period) stays below the trial's length;
 - with search.image_sizes, the photos' size: the largest at which the trials still get search.min_epochs epochs
   in that layout, so that a longer budget buys larger photos before longer trials (pretrained trials peak within
@@ -39,7 +40,7 @@ import torch
 
 from trainables import cache, data, memory
 from trainables.config import TrialConfig, UserError
-from trainables.trial import Trial
+from trainables.trial import MARGIN, Trial
 
 FULL_TRIALS = 2  # full-length trials the plan leaves room for (a choice of at least two finished models)
 
@@ -142,6 +143,14 @@ def epochs_that_fit(seconds: float, pace: Pace, trials: int = 1) -> int:
     return epochs
 
 
+def keeps(seconds: float, pace: Pace, epochs: int, trials: int = 1) -> bool:
+    """Whether `trials` trials of `epochs` epochs, one after the other, still end within `seconds` when every epoch
+    runs MARGIN slower than measured, as a running trial judges the epochs to come when it re-plans itself
+    (`Trial.replan`): a layout or size chosen because its trials get search.min_epochs must not see them
+    re-planned to fewer when the trials run a little slower than the measurement."""
+    return epochs_that_fit(seconds, dataclasses.replace(pace, epoch_s=pace.epoch_s * MARGIN), trials) >= epochs
+
+
 def plan_training(cfg: TrialConfig, seconds: float, cpus: int, split=None) -> tuple[int, Pace]:
     """`tune train --time-budget`: the longest schedule, up to cfg's train.epochs, that ends within `seconds`
     on `cpus` CPUs (on `split` when given), the measurement's own seconds (and any photos it decoded) spent
@@ -166,14 +175,15 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     gpus = torch.cuda.device_count() if gpus is None else gpus
     sizes = sorted(set(study.search.image_sizes or []))
     plan = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, sizes[0] if sizes else None)
+    alone = plan.cpus_per_trial != study.resources.cpus_per_trial  # the prior alone, on every CPU
+    per_slot = 1 if plan.concurrent >= FULL_TRIALS or alone else FULL_TRIALS
     for size in sizes[1:]:  # larger photos while the trials still get search.min_epochs in the same layout
         scaled = dataclasses.replace(plan.pace, epoch_s=plan.pace.epoch_s * (size / plan.image_size) ** 2)
-        alone = plan.cpus_per_trial != study.resources.cpus_per_trial  # the prior alone, on every CPU
-        per_slot = 1 if plan.concurrent >= FULL_TRIALS or alone else FULL_TRIALS
-        if epochs_that_fit(seconds, scaled, per_slot) < study.search.min_epochs:
+        if not keeps(seconds, scaled, study.search.min_epochs, per_slot):
             break  # not worth measuring: even at the pixels' pace it cannot fit
         larger = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, size)
-        if larger.epochs < study.search.min_epochs or larger.cpus_per_trial != plan.cpus_per_trial:
+        if (larger.cpus_per_trial != plan.cpus_per_trial
+                or not keeps(seconds, larger.pace, study.search.min_epochs, per_slot)):
             break
         plan = larger
     return plan
@@ -199,10 +209,11 @@ def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray
     pace = measured(res.cpus_per_trial)
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
     epochs = epochs_that_fit(seconds, pace, per_slot)
-    if epochs < search.min_epochs and per_slot > 1:
+    if not keeps(seconds, pace, search.min_epochs, per_slot) and per_slot > 1:
         epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
     cpus_per_trial, note = res.cpus_per_trial, ""
-    if epochs < search.min_epochs and res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1):
+    if (not keeps(seconds, pace, search.min_epochs, per_slot) and res.gpus_per_trial == 0
+            and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)):
         alone = measured(cpus)  # the budget holds barely one trial: the prior, on the whole machine
         if epochs_that_fit(seconds, alone, 1) > epochs:
             pace, cpus_per_trial, concurrent = alone, cpus, 1
