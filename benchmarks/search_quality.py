@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from tune.outcomes import planned_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +81,15 @@ def run(cmd: list[str], log: Path, cwd: Path, env: dict) -> str:
 
 def score(submission: Path, answers: Path, log: Path, cwd: Path, env: dict) -> dict:
     text = run(TUNE + ["score", str(submission), str(answers)], log, cwd, env)
-    return {key: float(re.search(rf"^{re.escape(label)}\s+([0-9.]+)$", text, re.M).group(1))
-            for key, label in SCORES.items()}
+    return {**{key: float(re.search(rf"^{re.escape(label)}\s+([0-9.]+)$", text, re.M).group(1))
+               for key, label in SCORES.items()}, "predictions": predictions(submission, answers)}
+
+
+def predictions(submission: Path, answers: Path) -> str:
+    """The submission's classes in the answers' order, one character each (0-9, then a-h for 10-17): kept in the
+    results so that two runs can be compared person by person later (benchmarks/paired.py), their folders gone."""
+    ids = pd.read_csv(answers)["ImageID"]
+    return "".join("0123456789abcdefgh"[c] for c in pd.read_csv(submission).set_index("ImageID").loc[ids, "ans"])
 
 
 RECIPES = {"pretrained": "recipe-pretrained.yaml", "random": "recipe.yaml"}  # --regime: the teams' hand recipe
@@ -177,7 +186,8 @@ def candidates(name: str, data: Path, work: Path, env: dict) -> dict:
         csv = work / f"candidate-{key}.csv"
         run(TUNE + ["predict", *(a for m in models for a in ("--model", str(m))), "--data", str(data / "eval"),
                     "--tta", "flip", "--out", str(csv)], log, work, env)
-        found[key] = {"f1_18": score(csv, data / "eval_answers.csv", log, work, env)["f1_18"]}
+        found[key] = {k: v for k, v in score(csv, data / "eval_answers.csv", log, work, env).items()
+                      if k in ("f1_18", "predictions")}
         if key != "all_equal":
             metrics = json.loads((trials[[t.name for t in trials].index(key)] / "metrics.json").read_text())
             found[key] |= {"val_f1": round(metrics["val_f1"], 4), "epoch": metrics.get("epoch")}
