@@ -144,6 +144,27 @@ def test_a_longer_budget_buys_larger_photos_before_longer_trials(study, tmp_path
     assert (alone.image_size, alone.cpus_per_trial, alone.epochs) == (160, 2, 6)
 
 
+def test_of_many_sizes_the_largest_that_fits_is_found_in_few_measurements(study):
+    """From 112 px's pace, 160 looks as if it fits 4 epochs of 950 s; measured, it does not; 144, judged from 160's
+    pace, does and is taken. 128 is never measured. Where 160 measures slower still, 144 judged from it cannot
+    fit and is not measured either: 128 is."""
+    study.search.image_sizes = [112, 128, 144, 160]
+    measured = []
+
+    def measuring(slowest):
+        def measure_at(cfg, cpus):
+            measured.append(cfg.model.image_size)
+            return Pace(epoch_s={112: 100.0, 128: 135.0, 144: 190.0, 160: slowest}[cfg.model.image_size], start_s=8,
+                        cpus=cpus)
+        return measure_at
+
+    plan = plan_study(study, 950, cpus=2, measure_at=measuring(240.0))
+    assert measured == [112, 160, 144] and (plan.image_size, plan.epochs, plan.concurrent) == (144, 4, 2)
+    measured.clear()
+    plan = plan_study(study, 950, cpus=2, measure_at=measuring(300.0))
+    assert measured == [112, 160, 128] and (plan.image_size, plan.epochs) == (128, 6)
+
+
 def test_image_sizes_and_a_searched_image_size_are_refused(tmp_path, demo_data):
     path = tmp_path / "both.yaml"
     path.write_text(STUDY.format(root=demo_data).replace("search: {", "search: {image_sizes: [112, 160], ")

@@ -18,8 +18,9 @@ seconds left:
 - ASHA's first rung (grace_period) stays below the trial's length;
 - with search.image_sizes, the photos' size: the largest at which the trials still get search.min_epochs epochs
   in that layout, so that a longer budget buys larger photos before longer trials (pretrained trials peak within
-  a few epochs; finer detail is what the age band lacks). Each size's pace is measured; a size that the smaller
-  one's pace, scaled by the pixels, shows cannot fit is not.
+  a few epochs; finer detail is what the age band lacks). The smallest size's pace is measured; from it, scaled
+  by the pixels, the largest size that looks as if it fits is measured too and taken if it does, else the next
+  smaller one (judged from the pace just measured), so that a list of many sizes costs one or two measurements.
 
 Nothing here is a constant pace: a plan made on a slow host plans fewer epochs. What the measurement cannot
 see (trials sharing the machine slow each other; a sampled model slower than the prior) is corrected while
@@ -177,21 +178,22 @@ def plan_study(study, seconds: float, cpus: float | None = None, measure_at=meas
     plan = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, sizes[0] if sizes else None)
     alone = plan.cpus_per_trial != study.resources.cpus_per_trial  # the prior alone, on every CPU
     per_slot = 1 if plan.concurrent >= FULL_TRIALS or alone else FULL_TRIALS
-    for size in sizes[1:]:  # larger photos while the trials still get search.min_epochs in the same layout
-        scaled = dataclasses.replace(plan.pace, epoch_s=plan.pace.epoch_s * (size / plan.image_size) ** 2)
+    pace, at = plan.pace, plan.image_size  # the pace last measured, and its size
+    for size in reversed(sizes[1:]):  # the largest size at which the trials still get search.min_epochs
+        scaled = dataclasses.replace(pace, epoch_s=pace.epoch_s * (size / at) ** 2)
         if not keeps(seconds, scaled, study.search.min_epochs, per_slot):
-            break  # not worth measuring: even at the pixels' pace it cannot fit
-        larger = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, size)
-        if (larger.cpus_per_trial != plan.cpus_per_trial
-                or not keeps(seconds, larger.pace, study.search.min_epochs, per_slot)):
-            break
-        plan = larger
+            continue  # not worth measuring: even at the pixels' pace it cannot fit
+        larger = plan_layout(study, seconds, cpus, gpus, measure_at, ray_start_s, size, alone)
+        if keeps(seconds, larger.pace, study.search.min_epochs, per_slot):
+            return larger
+        pace, at = larger.pace, size  # slower than the pixels said: the smaller sizes judged from it
     return plan
 
 
 def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray_start_s: float,
-                image_size: int | None) -> Plan:
-    """The plan at one image size (`image_size`; None: the study's model.image_size)."""
+                image_size: int | None, alone: bool | None = None) -> Plan:
+    """The plan at one image size (`image_size`; None: the study's model.image_size). `alone`: True, the prior
+    alone on every CPU; False, the trials' own resources; None, whichever the budget calls for."""
     res, search = study.resources, study.search
     slots = max(1, int(cpus // res.cpus_per_trial))
     if res.gpus_per_trial > 0:
@@ -206,18 +208,19 @@ def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray
         pace = measure_at(prior, cpus_per_trial)
         return dataclasses.replace(pace, start_s=pace.start_s + ray_start_s)
 
-    pace = measured(res.cpus_per_trial)
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
-    epochs = epochs_that_fit(seconds, pace, per_slot)
-    if not keeps(seconds, pace, search.min_epochs, per_slot) and per_slot > 1:
-        epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
     cpus_per_trial, note = res.cpus_per_trial, ""
-    if (not keeps(seconds, pace, search.min_epochs, per_slot) and res.gpus_per_trial == 0
-            and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)):
-        alone = measured(cpus)  # the budget holds barely one trial: the prior, on the whole machine
-        if epochs_that_fit(seconds, alone, 1) > epochs:
-            pace, cpus_per_trial, concurrent = alone, cpus, 1
-            epochs = epochs_that_fit(seconds, alone, 1)
+    pace = None if alone else measured(res.cpus_per_trial)
+    if pace is not None:
+        epochs = epochs_that_fit(seconds, pace, per_slot)
+        if not keeps(seconds, pace, search.min_epochs, per_slot) and per_slot > 1:
+            epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
+    if alone or (alone is None and not keeps(seconds, pace, search.min_epochs, per_slot)
+                 and res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)):
+        whole = measured(cpus)  # the budget holds barely one trial: the prior, on the whole machine
+        if alone or epochs_that_fit(seconds, whole, 1) > epochs:
+            pace, cpus_per_trial, concurrent, per_slot = whole, cpus, 1, 1
+            epochs = epochs_that_fit(seconds, whole, 1)
             note = (f"; the budget holds barely one trial of {search.min_epochs}+ epochs (search.min_epochs): "
                     "the study's fixed values alone, on every CPU")
     if search.max_epochs and epochs > search.max_epochs:  # the budget holds longer trials than the study wants:
