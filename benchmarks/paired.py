@@ -5,9 +5,10 @@
         benchmarks/results/search-quality-pretrained-cpu-2cores.json:service
 
 Both submissions (ImageID,ans, or a side of a results file of benchmarks/search_quality.py, which keeps its
-predictions: FILE.json:KEY, KEY a dotted path such as service.candidates_eval.all_equal) are scored against the hidden answers of make_utkmask.py's eval persons, then
-scored again on 1,000 draws of those persons with replacement, a person's seven photos drawn together (they share
-a gender and an age band, so drawing photos alone would understate the spread). Prints each macro F1 over 18
+predictions: FILE.json:KEY, KEY a dotted path such as service.candidates_eval.all_equal) are scored against the
+hidden answers of make_utkmask.py's eval persons, then scored again on 1,000 draws of those persons with
+replacement, a person's seven photos drawn together (they share a gender and an age band, so drawing photos
+alone would understate the spread). Prints each macro F1 over 18
 classes, the difference A - B, its 2.5th and 97.5th percentiles over the draws and the share of draws in which A
 scored higher; --json writes the same as one object. The persons are found again from make_utkmask.py's own
 naming of the eval photos (its seed 0 and --eval-fraction, as benchmarks/search_quality.py makes the data set).
