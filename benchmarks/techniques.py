@@ -48,6 +48,9 @@ TECHNIQUES = {
     # what a larger budget buys at about the same cost an epoch (x1.3): a larger backbone, or larger photos
     "lite1": ["model.backbone=efficientnet_lite1"],
     "size_128": ["model.image_size=128"],
+    # a 3-epoch fine-tune's learning rate: higher, or held for two epochs and then a tenth (a later decay)
+    "higher_lr": ["optimizer.lr=2.0e-3"],
+    "step_at_2": ["schedule.name=step", "schedule.step_epochs=2", "schedule.step_gamma=0.1"],
 }
 
 
