@@ -8,9 +8,9 @@ Both submissions (ImageID,ans, or a side of a results file of benchmarks/search_
 predictions: FILE.json:KEY, KEY a dotted path such as service.candidates_eval.all_equal) are scored against the
 hidden answers of make_utkmask.py's eval persons, then scored again on 1,000 draws of those persons with
 replacement, a person's seven photos drawn together (they share a gender and an age band, so drawing photos
-alone would understate the spread). Prints each macro F1 over 18
-classes, the difference A - B, its 2.5th and 97.5th percentiles over the draws and the share of draws in which A
-scored higher; --json writes the same as one object. The persons are found again from make_utkmask.py's own
+alone would understate the spread). Prints each macro F1 over 18 classes, the difference A - B, its 2.5th and
+97.5th percentiles over the draws and the share of draws in which A scored higher; --json writes the same as one
+object. The persons are found again from make_utkmask.py's own
 naming of the eval photos (its seed 0 and --eval-fraction, as benchmarks/search_quality.py makes the data set).
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import CLASS_CHARS, SHARED  # noqa: E402
 
 
 def eval_persons(chips: Path, eval_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
@@ -56,7 +57,7 @@ def submitted(source: str, ids: pd.Series) -> np.ndarray:
             raise SystemExit(f"{source} keeps no predictions (runs before 2026-12-07 did not)")
         if len(side["predictions"]) != len(ids):
             raise SystemExit(f"{source} holds {len(side['predictions'])} predictions, the answers {len(ids)} photos")
-        return np.array(["0123456789abcdefgh".index(c) for c in side["predictions"]])
+        return np.array([CLASS_CHARS.index(c) for c in side["predictions"]])
     return pd.read_csv(source).set_index("ImageID").loc[ids, "ans"].to_numpy()
 
 
@@ -67,7 +68,7 @@ def compare(a: str, b: str, data: Path, draws: int = 1000, chips: Path = SHARED 
     if person.isna().any():
         raise SystemExit(f"{data} is not make_utkmask.py's data set with --eval-fraction {eval_fraction}")
     y = answers["ans"].to_numpy()
-    pred = [submitted(str(p), answers["ImageID"]) for p in (a, b)]
+    pred = [submitted(p, answers["ImageID"]) for p in (a, b)]
 
     def f1(p, rows):
         return f1_score(y[rows], p[rows], average="macro", labels=range(18), zero_division=0)
@@ -80,7 +81,7 @@ def compare(a: str, b: str, data: Path, draws: int = 1000, chips: Path = SHARED 
         rows = np.concatenate([groups[k] for k in rng.integers(0, len(groups), len(groups))])
         diffs.append(f1(pred[0], rows) - f1(pred[1], rows))
     diffs = np.array(diffs)
-    return {"a": str(a), "b": str(b), "persons": len(groups), "f1_18_a": round(f1(pred[0], every), 4),
+    return {"a": a, "b": b, "persons": len(groups), "f1_18_a": round(f1(pred[0], every), 4),
             "f1_18_b": round(f1(pred[1], every), 4), "difference": round(f1(pred[0], every) - f1(pred[1], every), 4),
             "interval_95": [round(float(q), 4) for q in np.percentile(diffs, [2.5, 97.5])],
             "sd": round(float(diffs.std()), 4), "share_a_higher": round(float((diffs > 0).mean()), 3),

@@ -85,11 +85,14 @@ def score(submission: Path, answers: Path, log: Path, cwd: Path, env: dict) -> d
                for key, label in SCORES.items()}, "predictions": predictions(submission, answers)}
 
 
+CLASS_CHARS = "0123456789abcdefgh"  # a prediction kept in a results file: class c is CLASS_CHARS[c]
+
+
 def predictions(submission: Path, answers: Path) -> str:
     """The submission's classes in the answers' order, one character each (0-9, then a-h for 10-17): kept in the
     results so that two runs can be compared person by person later (benchmarks/paired.py), their folders gone."""
     ids = pd.read_csv(answers)["ImageID"]
-    return "".join("0123456789abcdefgh"[c] for c in pd.read_csv(submission).set_index("ImageID").loc[ids, "ans"])
+    return "".join(CLASS_CHARS[c] for c in pd.read_csv(submission).set_index("ImageID").loc[ids, "ans"])
 
 
 RECIPES = {"pretrained": "recipe-pretrained.yaml", "random": "recipe.yaml"}  # --regime: the teams' hand recipe
