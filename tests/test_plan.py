@@ -70,8 +70,24 @@ def test_min_epochs_that_fit_only_at_the_measured_pace_are_not_planned(study):
 
 
 def test_a_budget_that_holds_not_one_epoch_is_refused(study):
-    with pytest.raises(UserError, match=r"give it at least \d+ s more"):
-        plan_study(study, 30, cpus=2, measure_at=paces(103, 60))
+    with pytest.raises(UserError, match=r"one epoch of the study's model takes about 60 s.*give it at least 32 s more"):
+        plan_study(study, 30, cpus=2, measure_at=paces(103, 60))  # named: the pace of the prior on every CPU
+
+
+def test_a_short_budget_spends_no_seconds_measuring_trials_on_fewer_cpus(study):
+    """The pace on every CPU is measured first: where not even it gives trials search.min_epochs, a trial on one
+    CPU (no faster) cannot either, and its measurement (the slower one) would only eat the short budget."""
+    cpus_measured = []
+
+    def measure_at(cfg, cpus):
+        cpus_measured.append(cpus)
+        return paces(103, 60)(cfg, cpus)
+
+    plan = plan_study(study, 200, cpus=2, measure_at=measure_at)  # 3 epochs on both CPUs: under min_epochs (4)
+    assert cpus_measured == [2] and (plan.concurrent, plan.cpus_per_trial, plan.epochs) == (1, 2, 3)
+    cpus_measured.clear()
+    plan = plan_study(study, 1200, cpus=2, measure_at=measure_at)  # trials of one CPU get 4+: both measured
+    assert cpus_measured == [2, 1] and (plan.concurrent, plan.cpus_per_trial) == (2, 1)
 
 
 def test_past_max_epochs_a_longer_budget_buys_more_trials_of_equal_length(study):
@@ -124,13 +140,13 @@ def test_a_longer_budget_buys_larger_photos_before_longer_trials(study, tmp_path
     assert measured == [112, 112] and short.image_size == 112
     measured.clear()
     medium = plan_study(study, 2000, cpus=2, measure_at=measure_at)  # 6 at 112; 160 scaled: 3 < 4, not measured
-    assert measured == [112] and (medium.image_size, medium.epochs, medium.concurrent) == (112, 6, 2)
+    assert measured == [112, 112] and (medium.image_size, medium.epochs, medium.concurrent) == (112, 6, 2)
     measured.clear()
     long = plan_study(study, 2400, cpus=2, measure_at=measure_at)  # 160 scaled: 3.9 < 4, not measured either
-    assert measured == [112] and long.image_size == 112
+    assert measured == [112, 112] and long.image_size == 112
     measured.clear()
     long = plan_study(study, 2400 * 1.1, cpus=2, measure_at=measure_at)  # scaled 4.3, 3.9 at 10% slower: not measured
-    assert measured == [112] and long.image_size == 112
+    assert measured == [112, 112] and long.image_size == 112
     long = plan_study(study, 2750, cpus=2, measure_at=measure_at)  # scaled 4.1 at 10% slower: measured, 4 at 160
     assert (long.image_size, long.epochs, long.concurrent) == (160, 4, 2) and "at 160 px" in long.describe()
     apply(long, study)
@@ -159,10 +175,10 @@ def test_of_many_sizes_the_largest_that_fits_is_found_in_few_measurements(study)
         return measure_at
 
     plan = plan_study(study, 950, cpus=2, measure_at=measuring(240.0))
-    assert measured == [112, 160, 144] and (plan.image_size, plan.epochs, plan.concurrent) == (144, 4, 2)
+    assert measured == [112, 112, 160, 144] and (plan.image_size, plan.epochs, plan.concurrent) == (144, 4, 2)
     measured.clear()
     plan = plan_study(study, 950, cpus=2, measure_at=measuring(300.0))
-    assert measured == [112, 160, 128] and (plan.image_size, plan.epochs) == (128, 6)
+    assert measured == [112, 112, 160, 128] and (plan.image_size, plan.epochs) == (128, 6)
 
 
 def test_image_sizes_and_a_searched_image_size_are_refused(tmp_path, demo_data):

@@ -13,7 +13,8 @@ seconds left:
   a longer budget buys longer trials, and a slower machine shorter ones; up to search.max_epochs, past which a
   longer budget buys more trials one after the other on each slot, of equal length (not a short remainder);
 - where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
-  all of this machine's CPUs, as long as the budget allows; a layout or size is judged by whether its trials
+  all of this machine's CPUs, as long as the budget allows (its pace is measured first: where even it cannot
+  give trials search.min_epochs, a trial on fewer CPUs cannot either, and its pace is not measured at all); a layout or size is judged by whether its trials
   get search.min_epochs even 10% slower than measured, as a running trial judges its epochs to come (`keeps`);
 - ASHA's first rung (grace_period) stays below the trial's length;
 - with search.image_sizes, the photos' size: the largest at which the trials still get search.min_epochs epochs
@@ -210,19 +211,21 @@ def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray
 
     per_slot = 1 if concurrent >= FULL_TRIALS else FULL_TRIALS
     cpus_per_trial, note = res.cpus_per_trial, ""
+    can_go_alone = res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)
+    whole = measured(cpus) if alone or (alone is None and can_go_alone) else None  # the prior on the whole machine
+    if alone is None and whole and not keeps(seconds, whole, search.min_epochs, per_slot):
+        alone = True  # a trial on fewer CPUs is no faster: its pace need not be measured (a short budget's seconds)
     pace = None if alone else measured(res.cpus_per_trial)
     if pace is not None:
         epochs = epochs_that_fit(seconds, pace, per_slot)
         if not keeps(seconds, pace, search.min_epochs, per_slot) and per_slot > 1:
             epochs, per_slot = epochs_that_fit(seconds, pace, 1), 1
-    if alone or (alone is None and not keeps(seconds, pace, search.min_epochs, per_slot)
-                 and res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)):
-        whole = measured(cpus)  # the budget holds barely one trial: the prior, on the whole machine
-        if alone or epochs_that_fit(seconds, whole, 1) > epochs:
-            pace, cpus_per_trial, concurrent, per_slot = whole, cpus, 1, 1
-            epochs = epochs_that_fit(seconds, whole, 1)
-            note = (f"; the budget holds barely one trial of {search.min_epochs}+ epochs (search.min_epochs): "
-                    "the study's fixed values alone, on every CPU")
+    if whole and (alone or (not keeps(seconds, pace, search.min_epochs, per_slot)
+                            and epochs_that_fit(seconds, whole, 1) > epochs)):
+        pace, cpus_per_trial, concurrent, per_slot = whole, cpus, 1, 1  # the budget holds barely one trial
+        epochs = epochs_that_fit(seconds, whole, 1)
+        note = (f"; the budget holds barely one trial of {search.min_epochs}+ epochs (search.min_epochs): "
+                "the study's fixed values alone, on every CPU")
     if search.max_epochs and epochs > search.max_epochs:  # the budget holds longer trials than the study wants:
         while epochs > search.max_epochs and epochs_that_fit(seconds, pace, per_slot + 1) >= 1:
             per_slot += 1  # more of them, one after the other, each as long as an equal share allows
