@@ -14,8 +14,9 @@ seconds left:
   longer budget buys more trials one after the other on each slot, of equal length (not a short remainder);
 - where that is shorter than search.min_epochs and the trials run on CPUs, a single trial, the prior, on
   all of this machine's CPUs, as long as the budget allows (its pace is measured first: where even it cannot
-  give trials search.min_epochs, a trial on fewer CPUs cannot either, and its pace is not measured at all); a layout or size is judged by whether its trials
-  get search.min_epochs even 10% slower than measured, as a running trial judges its epochs to come (`keeps`);
+  give trials search.min_epochs, a trial on fewer CPUs cannot either, and its pace is not measured at all);
+  a layout or size is judged by whether its trials get search.min_epochs even 10% slower than measured, as a
+  running trial judges its epochs to come (`keeps`);
 - ASHA's first rung (grace_period) stays below the trial's length;
 - with search.image_sizes, the photos' size: the largest at which the trials still get search.min_epochs epochs
   in that layout, so that a longer budget buys larger photos before longer trials (pretrained trials peak within
