@@ -88,6 +88,11 @@ def test_a_short_budget_spends_no_seconds_measuring_trials_on_fewer_cpus(study):
     cpus_measured.clear()
     plan = plan_study(study, 1200, cpus=2, measure_at=measure_at)  # trials of one CPU get 4+: both measured
     assert cpus_measured == [2, 1] and (plan.concurrent, plan.cpus_per_trial) == (2, 1)
+    # one slot: two trials one after the other do not get 4 epochs on every CPU, but one does, and so does a
+    # trial on one CPU (5 of 76 s): the trials' own pace is still measured, and their layout kept
+    study.search.max_concurrent = 1
+    plan = plan_study(study, 400, cpus=2, measure_at=paces(76, 50))
+    assert (plan.concurrent, plan.cpus_per_trial, plan.epochs) == (1, 1, 5)
 
 
 def test_past_max_epochs_a_longer_budget_buys_more_trials_of_equal_length(study):

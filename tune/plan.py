@@ -214,7 +214,7 @@ def plan_layout(study, seconds: float, cpus: float, gpus: float, measure_at, ray
     cpus_per_trial, note = res.cpus_per_trial, ""
     can_go_alone = res.gpus_per_trial == 0 and res.cpus_per_trial < cpus <= (os.cpu_count() or 1)
     whole = measured(cpus) if alone or (alone is None and can_go_alone) else None  # the prior on the whole machine
-    if alone is None and whole and not keeps(seconds, whole, search.min_epochs, per_slot):
+    if alone is None and whole and not keeps(seconds, whole, search.min_epochs):  # not even one trial a slot:
         alone = True  # a trial on fewer CPUs is no faster: its pace need not be measured (a short budget's seconds)
     pace = None if alone else measured(res.cpus_per_trial)
     if pace is not None:
