@@ -247,9 +247,6 @@ def shape(which: str, data: Path, persons: int, epochs: int, work: Path, interva
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNE_CACHE_DIR": str(work / "cache")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    from mlflow import MlflowClient
-
-    MlflowClient(uri).search_experiments()  # the store's tables made once: processes starting together race to
     print(f"{which}: tune train, {trials} at once on {per_trial} CPU(s) each", flush=True)
     train = side("train", [TUNE + ["train", str(study), "--data", str(data / "train"), "--cpus", str(per_trial),
                                    "--out", str(folder / f"export-{i}"), "--experiment", "pace-train",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Param, Run
 
@@ -36,11 +37,16 @@ def tracking_uri(uri: str | None = None) -> str:
 
 def connect(uri: str) -> MlflowClient:
     """A client of the store, creating the project's store folder on first use; UserError for a tracking server
-    that does not answer."""
+    that does not answer. A SQLite store's tables are made (or found) under a lock next to its file: MLflow makes
+    them as a process's first client starts, and commands started together on a new store (`tune run` in one terminal,
+    `tune train` in another) raced to, and all but one failed half-way through a migration."""
     check_server(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        return MlflowClient(uri)
 
 
 def check_server(uri: str) -> None:
