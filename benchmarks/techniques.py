@@ -46,6 +46,7 @@ TECHNIQUES = {
     "lower_lr": ["optimizer.lr=3.0e-4"],  # the runs of 2026-12-06, against a baseline at 1e-3
     "lr_1e-3": ["optimizer.lr=1.0e-3"],  # the baseline's lr until 2026-12-07 (higher_lr: 2e-3 against it, +0.060)
     "lr_4e-3": ["optimizer.lr=4.0e-3"],
+    "label_smoothing": ["loss.label_smoothing=0.1"],  # the space searches 0-0.15; the prior has none
     "no_average_last": ["train.average_last=null"],  # the baseline keeps the mean of its last 3 epochs where better
     # what a larger budget buys at about the same cost an epoch (x1.3): a larger backbone, or larger photos
     "lite1": ["model.backbone=efficientnet_lite1"],

@@ -38,8 +38,9 @@ def tracking_uri(uri: str | None = None) -> str:
 def connect(uri: str) -> MlflowClient:
     """A client of the store, creating the project's store folder on first use; UserError for a tracking server
     that does not answer. A SQLite store's tables are made (or found) under a lock next to its file: MLflow makes
-    them as a process's first client starts, and commands started together on a new store (`tune run` in one terminal,
-    `tune train` in another) raced to, and all but one failed half-way through a migration."""
+    them as a process's first client starts, and commands started together on a new store (`tune run` in one
+    terminal, `tune train` in another) raced to: most failed half-way through a migration (7 of 9 in three tries
+    of three)."""
     check_server(uri)
     if not uri.startswith("sqlite:///"):
         return MlflowClient(uri)
