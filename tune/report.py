@@ -106,7 +106,7 @@ def report_study(study: str, uri: str, top: int = 10, metric: str = "val_f1", mo
 
 def open_store(uri: str) -> MlflowClient:
     """A client of an existing store: reporting never creates one."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if not tracking.store_exists(uri):
         raise UserError(f"no MLflow store at {uri}: run a study first, or pass --tracking-uri")
     return MlflowClient(uri)
 

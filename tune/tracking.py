@@ -42,9 +42,9 @@ def connect(uri: str) -> MlflowClient:
     terminal, `tune train` in another) raced to: most failed half-way through a migration (7 of 9 in three tries
     of three)."""
     check_server(uri)
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         return MlflowClient(uri)
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock"):
         return MlflowClient(uri)
@@ -59,7 +59,13 @@ def check_server(uri: str) -> None:
 
 def store_exists(uri: str) -> bool:
     """Whether there is a store at `uri` to read (a SQLite file that is not there is not made by asking)."""
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+    db = sqlite_file(uri)
+    return db is None or db.is_file()
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a SQLite store's URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def is_server(uri: str) -> bool:
