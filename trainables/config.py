@@ -62,7 +62,7 @@ class ModelConfig(Strict):
                                           "(recorded by the trial; when set, a different file is refused)")
     image_size: int = Field(224, ge=16, le=1024)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    channels_last: bool = Field(True, description="channels_last memory format on a GPU")
+    channels_last: bool = Field(True, description="channels_last memory format (faster on a GPU and on the CPU)")
     compile: bool = Field(False, description="torch.compile the model (slow start, faster steps)")
     age_head: Literal["classify", "regress"] = Field(
         "classify", description="task age and multi: classify the age bands, or regress the age (one output, "
