@@ -272,3 +272,16 @@ def test_head_warmup_takes_at_most_a_sixth_of_the_schedule_and_its_cheaper_steps
     assert pace["head_warmup_saving_s"] == pytest.approx((pace["train_step_s"] - pace["head_step_s"])
                                                          * len(trial.train_loader))
     assert not trial.frozen and all(p.requires_grad for p in trial.model.parameters())  # measured, then thawed
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_trial_on_the_cpu_trains_and_validates_in_the_memory_format_its_config_asks(demo_data, tiny_config,
+                                                                                      channels_last):
+    trial = make(demo_data, tiny_config, model={"channels_last": channels_last}, train={"epochs": 1})
+    seen = []
+    conv = next(m for m in trial.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(
+        (inputs[0].is_contiguous(memory_format=torch.channels_last), output.dtype)))
+    trial.run_epoch()
+    assert seen and set(seen) == {(channels_last, torch.float32)}  # fp32 on the CPU, training and validation
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
