@@ -62,7 +62,9 @@ def run(study: StudyConfig, where: str, uri: str, resume: bool = False, address:
         elif resume:  # the plan it was run with, if any: restored trials and a new round keep it
             apply_params(tracking.study_params(study.name, uri), study)
         run_study(study, nodes, uri, store, resume, address, verbose, started, planner)
-    return summarize(study, store)
+        # printed before Ray stops: Ray's own shutdown crashed a driver once (SIGSEGV in its io thread, after a
+        # cluster had lost a node), and the person still learns how the study ended
+        return summarize(study, store)
 
 
 @contextlib.contextmanager
