@@ -285,3 +285,26 @@ def test_a_trial_on_the_cpu_trains_and_validates_in_the_memory_format_its_config
     trial.run_epoch()
     assert seen and set(seen) == {(channels_last, torch.float32)}  # fp32 on the CPU, training and validation
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_frozen_layers_keep_their_weights_and_statistics_and_the_export_loads_them(demo_data, tiny_config, tmp_path):
+    from safetensors.torch import load_model, save_model
+
+    from trainables.config import UserError
+    from trainables.models import build_model, check_backbone
+
+    trial = make(demo_data, tiny_config, data={"max_persons": 20}, model={"frozen_layers": 2}, train={"epochs": 1})
+    before = {k: v.clone() for k, v in trial.model.state_dict().items()}
+    trial.run_epoch()
+    after = trial.model.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    # test_resnet: the stem (conv1, bn1) and layer1 frozen, weights and running statistics; the rest trains
+    assert moved == {"layer2", "layer3", "layer4", "fc"}, moved
+    assert not any(p.requires_grad for name, p in trial.model.named_parameters() if name.startswith("layer1."))
+    save_model(trial.scored_model, str(tmp_path / "model.safetensors"))
+    again = build_model(trial.cfg.model, 18)
+    load_model(again, str(tmp_path / "model.safetensors"))  # strict: the frozen norms rebuilt alike
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(again.eval()(x), trial.model.eval()(x), atol=1e-5)
+    with pytest.raises(UserError, match="freeze at most 4"):
+        check_backbone(trial.cfg.model.model_copy(update={"frozen_layers": 5}))

@@ -27,6 +27,9 @@ def check_backbone(cfg: ModelConfig, download: bool = False) -> None:
     found = weights.resolve(cfg, download)
     if found is not None:
         weights.check_weights(cfg.backbone, found)
+    if cfg.frozen_layers:
+        with torch.device("meta"):  # the layers' names and order, no weights made
+            layer_groups(timm.create_model(cfg.backbone), cfg)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -38,9 +41,31 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate)
     found = weights.resolve(cfg)
     if found is None:
-        return timm.create_model(cfg.backbone, **kwargs)
-    return timm.create_model(cfg.backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(found.file)),
-                             **kwargs)
+        model = timm.create_model(cfg.backbone, **kwargs)
+    else:
+        model = timm.create_model(cfg.backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(found.file)),
+                                  **kwargs)
+    if cfg.frozen_layers:  # timm's freeze: no gradient, and each batch norm a FrozenBatchNorm2d (its statistics kept)
+        from timm.utils.model import freeze
+
+        freeze(model, [name for group in layer_groups(model, cfg)[:cfg.frozen_layers] for name in group])
+    return model
+
+
+def layer_groups(model: nn.Module, cfg: ModelConfig) -> list[list[str]]:
+    """The backbone's layer groups before its classifier, in order, as timm groups them for layer-wise decay
+    (`group_matcher(coarse=True)`: the stem, then each stage or block): the names of each group's modules.
+    UserError where model.frozen_layers asks for more of them than there are."""
+    from timm.models import group_modules
+
+    classifier = next(name for name, module in model.named_modules() if module is model.get_classifier())
+    groups = [[name for name in group if name != classifier and not name.startswith(classifier + ".")]
+              for group in group_modules(model, model.group_matcher(coarse=True)).values()]
+    groups = [group for group in groups if group]
+    if cfg.frozen_layers >= len(groups):
+        raise UserError(f"model.frozen_layers {cfg.frozen_layers}: {cfg.backbone} has {len(groups)} layer groups, "
+                        f"the last with its features for the classifier: freeze at most {len(groups) - 1}")
+    return groups
 
 
 def normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
