@@ -68,15 +68,32 @@ class SeaweedFS:
 
     def __init__(self, folder: Path):
         keys = {"AWS_ACCESS_KEY_ID": "tune-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
-        port = free_port(10000)
-        ports = {f"-{name}.port": free_port(10000) for name in ("master", "volume", "filer", "admin")}
-        args = [str(BIN / "weed"), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-bucket=studies", f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-                "-admin.ui=false", *(f"{k}={v}" for k, v in ports.items())]
-        self.proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        for attempt in range(3):  # a port taken between free_port and weed's bind ends weed: new ports, again
+            port = free_port(10000)
+            ports = {f"-{name}.port": free_port(10000) for name in ("master", "volume", "filer", "admin")}
+            args = [str(BIN / "weed"), "mini", f"-dir={folder / str(attempt)}", "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1", "-bucket=studies", f"-s3.port={port}", "-s3.port.iceberg=0",
+                    "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", *(f"{k}={v}" for k, v in ports.items())]
+            (folder / str(attempt)).mkdir()
+            log = folder / f"weed-{attempt}.log"
+            with log.open("w") as out:
+                self.proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=out,
+                                             stderr=subprocess.STDOUT)
+            deadline = time.time() + 120  # weed mini starts four servers: slow on 2 busy cores
+            while self.proc.poll() is None and time.time() < deadline:
+                try:
+                    requests.get(f"http://127.0.0.1:{port}", timeout=2)
+                    break
+                except requests.RequestException:
+                    time.sleep(0.3)
+            else:
+                self.proc.kill()
+                self.proc.wait()
+                if attempt == 2:
+                    raise TimeoutError(f"SeaweedFS did not answer on port {port}: {log.read_text()[-2000:]}")
+                continue
+            break
         os.environ.update(keys)
-        wait_for(f"http://127.0.0.1:{port}")
         self.uri = f"s3://studies/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
         self.fs, _ = pafs.FileSystem.from_uri(self.uri)
         deadline = time.time() + 30
