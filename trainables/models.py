@@ -58,9 +58,14 @@ def layer_groups(model: nn.Module, cfg: ModelConfig) -> list[list[str]]:
     UserError where model.frozen_layers asks for more of them than there are."""
     from timm.models import group_modules
 
+    try:
+        matcher = model.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        raise UserError(f"model.frozen_layers: timm does not group {cfg.backbone}'s layers (no group_matcher): "
+                        "leave it at 0 for this backbone") from None
     classifier = next(name for name, module in model.named_modules() if module is model.get_classifier())
     groups = [[name for name in group if name != classifier and not name.startswith(classifier + ".")]
-              for group in group_modules(model, model.group_matcher(coarse=True)).values()]
+              for group in group_modules(model, matcher).values()]
     groups = [group for group in groups if group]
     if cfg.frozen_layers >= len(groups):
         raise UserError(f"model.frozen_layers {cfg.frozen_layers}: {cfg.backbone} has {len(groups)} layer groups, "
