@@ -51,9 +51,10 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def wait_for(url: str, timeout: float = 60) -> None:
+def wait_for(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+    """Until `url` answers; TimeoutError after `timeout` seconds, or as soon as `proc` (its server) has exited."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline and (proc is None or proc.poll() is None):
         try:
             requests.get(url, timeout=2)
             return
@@ -79,20 +80,14 @@ class SeaweedFS:
             with log.open("w") as out:
                 self.proc = subprocess.Popen(args, env={**os.environ, **keys}, cwd=folder, stdout=out,
                                              stderr=subprocess.STDOUT)
-            deadline = time.time() + 120  # weed mini starts four servers: slow on 2 busy cores
-            while self.proc.poll() is None and time.time() < deadline:
-                try:
-                    requests.get(f"http://127.0.0.1:{port}", timeout=2)
-                    break
-                except requests.RequestException:
-                    time.sleep(0.3)
-            else:
+            try:  # weed mini starts four servers: slow on 2 busy cores
+                wait_for(f"http://127.0.0.1:{port}", timeout=120, proc=self.proc)
+                break
+            except TimeoutError:
                 self.proc.kill()
                 self.proc.wait()
                 if attempt == 2:
-                    raise TimeoutError(f"SeaweedFS did not answer on port {port}: {log.read_text()[-2000:]}")
-                continue
-            break
+                    raise TimeoutError(f"SeaweedFS did not answer on port {port}: {log.read_text()[-2000:]}") from None
         os.environ.update(keys)
         self.uri = f"s3://studies/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
         self.fs, _ = pafs.FileSystem.from_uri(self.uri)
