@@ -88,15 +88,20 @@ def main() -> int:
             print(f"{spec:<24}{threads:>8}{r['train_step_s_nchw']:>12.3f}{r['train_step_s_channels_last']:>10.3f}"
                   f"{r['train_ratio']:>7.2f}{r['val_batch_s_nchw']:>10.3f}{r['val_batch_s_channels_last']:>8.3f}"
                   f"{r['val_ratio']:>7.2f}", flush=True)
+    print(f"wrote {write_rows(Path(args.out), 'channels-last', rows)}")
+    return 0
+
+
+def write_rows(folder: Path, name: str, rows: list[dict]) -> Path:
+    """A step-timing benchmark's rows as `folder/NAME-<device>.json`, with the machine, torch, commit and date."""
     device = device_name()
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    out = Path(args.out) / f"channels-last-{device}.json"
+    out = folder / f"{name}-{device}.json"
     out.write_text(json.dumps({"device": device, "machine": platform.processor() or platform.machine(),
                                "torch": torch.__version__, "commit": commit,
                                "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ Writes benchmarks/results/frozen-layers-<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.search_quality import device_name  # noqa: E402
+from benchmarks.channels_last import write_rows  # noqa: E402
 from trainables.config import ModelConfig  # noqa: E402
 from trainables.models import build_model, layer_groups  # noqa: E402
 
@@ -82,14 +79,7 @@ def main() -> int:
             rows.append(r)
             print(f"{spec:<24}{threads:>8}" + "".join(f"{r[f'train_step_s_frozen_{n}']:>11.3f}"
                                                     f"{r[f'ratio_frozen_{n}']:>7.2f}" for n in args.frozen), flush=True)
-    device = device_name()
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    out = Path(args.out) / f"frozen-layers-{device}.json"
-    out.write_text(json.dumps({"device": device, "machine": platform.processor() or platform.machine(),
-                               "torch": torch.__version__, "commit": commit,
-                               "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_rows(Path(args.out), 'frozen-layers', rows)}")
     return 0
 
 
