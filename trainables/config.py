@@ -67,8 +67,8 @@ class ModelConfig(Strict):
     frozen_layers: int = Field(0, ge=0, description="fine-tuning: the backbone's first N layer groups (timm's "
                                "group_matcher, coarse: the stem, then each stage or block) keep their pretrained "
                                "weights and batch-norm statistics through the whole schedule, and the backward "
-                               "pass stops before them (lite0 at 128 px, 4 of its 8: a CPU step 0.6 times as "
-                               "long); 0: the whole model trains")
+                               "pass stops before them (lite0, 4 of its 8: a CPU training step about half as long, "
+                               "benchmarks/frozen_layers.py); 0: the whole model trains")
     age_head: Literal["classify", "regress"] = Field(
         "classify", description="task age and multi: classify the age bands, or regress the age (one output, "
         "smooth L1 on a scaled age) and cut the prediction into bands at data.age_bounds")
